@@ -1,0 +1,1 @@
+"""Backends shipped with privacy-bridge; each registers through an entry point."""

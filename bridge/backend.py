@@ -1,0 +1,79 @@
+"""The backend interface: compile (``prepare``) apart from run, as in ONNX's backend API."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bridge.ir import PrivacyMode, Program
+
+
+class BackendError(RuntimeError):
+    """A backend cannot do what was asked; the message says what it can do instead."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend supports, so that callers can ask before they try."""
+
+    privacy_modes: frozenset[PrivacyMode]
+    ops: frozenset[str]
+    description: str = ""
+    #: op kind -> why it is not supported (the one place a backend lists its gaps)
+    excluded_ops: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """Outputs of one run, and the communication it cost (None for plaintext)."""
+
+    outputs: dict[str, np.ndarray]
+    stats: Any = None
+
+
+class Executable(ABC):
+    """A Program prepared for one backend: weights loaded, parties set up."""
+
+    program: Program
+
+    @abstractmethod
+    def run(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
+        """Evaluate the graph on one batch of inputs."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release parties, threads or sockets."""
+
+
+class Backend(ABC):
+    """A way of executing Programs.  Third parties subclass this and register an entry point."""
+
+    name: str = ""
+
+    @abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abstractmethod
+    def prepare(self, program: Program, weights: Mapping[str, np.ndarray], **options: Any) -> Executable:
+        """Validate, then compile ``program`` for execution."""
+
+    def check_supported(self, program: Program) -> None:
+        """Refuse a Program this backend cannot run, naming the node and the alternative."""
+        caps = self.capabilities()
+        if program.privacy not in caps.privacy_modes:
+            modes = sorted(m.value for m in caps.privacy_modes)
+            raise BackendError(
+                f"privacy={program.privacy.value!r} is not available on backend {self.name!r} yet; "
+                f"it supports {modes}. Pick another backend (privacy-bridge backends lists them) "
+                "or another privacy mode."
+            )
+        for node in program.graph.nodes:
+            if node.op.kind not in caps.ops:
+                why = caps.excluded_ops.get(node.op.kind, "not implemented")
+                raise BackendError(
+                    f"node {node.name!r} uses op {node.op.kind!r}, which backend {self.name!r} "
+                    f"does not support ({why})."
+                )

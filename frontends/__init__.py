@@ -1,0 +1,1 @@
+"""Front ends that turn a framework's model into a privacy-bridge Program."""
