@@ -1,0 +1,232 @@
+"""Communicators: how a party talks to its peers, and what it costs.
+
+``Transport`` moves framed bytes between named parties; the in-memory one below
+runs every party in one process (threads, one queue per ordered pair), and a
+distributed one (torch.distributed, gRPC) plugs into the same interface.
+``Messenger`` sits on top of a transport, frames tensors (``bridge.mpc.wire``) and
+counts every byte and round per party and per op label.
+
+A round is one step in which a party sends and must wait for its peers'
+messages before it can go on (``exchange``).  A send that needs no answer
+(sharing an input, sending output shares) is a round for the sender only.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bridge.mpc import wire
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class PeerError(RuntimeError):
+    """A peer died, timed out or sent garbage: the protocol cannot go on."""
+
+
+class Transport(ABC):
+    """Moves whole messages (bytes) between named parties, in order per pair."""
+
+    party: str
+
+    @abstractmethod
+    def send(self, peer: str, message: bytes) -> None: ...
+
+    @abstractmethod
+    def recv(self, peer: str) -> bytes: ...
+
+    def close(self) -> None:  # noqa: B027
+        """Release sockets or queues."""
+
+
+class InMemoryNetwork:
+    """All parties in one process; each sees only its own queues.
+
+    ``abort`` wakes every waiting party with an error naming who failed, so that one
+    party's exception never leaves the others hanging.
+    """
+
+    def __init__(self, parties: list[str] | tuple[str, ...], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.parties = tuple(parties)
+        self.timeout_s = timeout_s
+        self._queues = {(a, b): queue.SimpleQueue() for a in parties for b in parties if a != b}
+        self._abort = threading.Event()
+        self.abort_reason = ""
+
+    def transport(self, party: str) -> "InMemoryTransport":
+        if party not in self.parties:
+            raise KeyError(f"unknown party {party!r}; the network has {list(self.parties)}")
+        return InMemoryTransport(self, party)
+
+    def abort(self, reason: str) -> None:
+        if not self._abort.is_set():
+            self.abort_reason = reason
+            self._abort.set()
+
+    def reset(self) -> None:
+        """Clear an abort and any stale messages before the next run."""
+        self._abort.clear()
+        self.abort_reason = ""
+        for q in self._queues.values():
+            while not q.empty():
+                q.get_nowait()
+
+
+class InMemoryTransport(Transport):
+    def __init__(self, network: InMemoryNetwork, party: str) -> None:
+        self.network = network
+        self.party = party
+
+    def _queue(self, src: str, dst: str) -> queue.SimpleQueue:
+        try:
+            return self.network._queues[(src, dst)]
+        except KeyError:
+            raise PeerError(
+                f"party {self.party!r} addressed unknown party {dst if src == self.party else src!r}; "
+                f"the network has {list(self.network.parties)}"
+            ) from None
+
+    def send(self, peer: str, message: bytes) -> None:
+        self._queue(self.party, peer).put(message)
+
+    def recv(self, peer: str) -> bytes:
+        q = self._queue(peer, self.party)
+        deadline = time.monotonic() + self.network.timeout_s
+        while True:
+            if self.network._abort.is_set():
+                raise PeerError(f"party {self.party!r} stopped: {self.network.abort_reason}")
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise PeerError(
+                        f"party {self.party!r} waited {self.network.timeout_s:g} s for party "
+                        f"{peer!r}, which sent nothing: it is dead or stuck"
+                    ) from None
+
+
+@dataclass
+class CommStats:
+    """Bytes sent and rounds, per party and per op label."""
+
+    bytes_sent: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    rounds: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, party: str, label: str, nbytes: int, rounds: int) -> None:
+        with self.lock:
+            self.bytes_sent[party][label] += nbytes
+            self.rounds[party][label] += rounds
+
+    def total_bytes(self, party: str, exclude: tuple[str, ...] = ()) -> int:
+        return sum(v for k, v in self.bytes_sent.get(party, {}).items() if not k.startswith(exclude))
+
+    def total_rounds(self, party: str, exclude: tuple[str, ...] = ()) -> int:
+        return sum(v for k, v in self.rounds.get(party, {}).items() if not k.startswith(exclude))
+
+    def snapshot(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """party -> label -> (bytes, rounds), as plain dicts."""
+        with self.lock:
+            out: dict[str, dict[str, tuple[int, int]]] = {}
+            for party in set(self.bytes_sent) | set(self.rounds):
+                labels = set(self.bytes_sent.get(party, {})) | set(self.rounds.get(party, {}))
+                out[party] = {
+                    lb: (self.bytes_sent[party][lb], self.rounds[party][lb]) for lb in sorted(labels)
+                }
+            return out
+
+    def since(self, before: dict[str, dict[str, tuple[int, int]]]) -> "CommStats":
+        """A new CommStats holding what happened after ``before`` was taken."""
+        delta = CommStats()
+        for party, labels in self.snapshot().items():
+            for label, (nb, nr) in labels.items():
+                b0, r0 = before.get(party, {}).get(label, (0, 0))
+                if nb - b0 or nr - r0:
+                    delta.add(party, label, nb - b0, nr - r0)
+        return delta
+
+
+class Messenger:
+    """A party's framed, counted view of its transport."""
+
+    def __init__(self, transport: Transport, stats: CommStats) -> None:
+        self.transport = transport
+        self.party = transport.party
+        self.stats = stats
+        self._labels: list[str] = []
+
+    @contextmanager
+    def label(self, name: str) -> Iterator[None]:
+        """Attribute the traffic inside to ``name`` (nested labels join with '/')."""
+        self._labels.append(name)
+        try:
+            yield
+        finally:
+            self._labels.pop()
+
+    @property
+    def current_label(self) -> str:
+        return "/".join(self._labels) or "other"
+
+    def _send(self, peer: str, frame: bytes) -> None:
+        self.transport.send(peer, frame)
+
+    def _recv_frame(self, peer: str) -> bytes:
+        return self.transport.recv(peer)
+
+    def send(self, peer: str, array: np.ndarray, bits: int = 64) -> None:
+        """One-way send; counts a round for the sender."""
+        frame = wire.encode_frame(array, bits)
+        self._send(peer, frame)
+        self.stats.add(self.party, self.current_label, len(frame) - self._header(array), 1)
+
+    def send_many(self, peers: list[str] | tuple[str, ...], arrays: list[np.ndarray], bits: int = 64) -> None:
+        """Different tensors to several peers in one round."""
+        nbytes = 0
+        for peer, array in zip(peers, arrays, strict=True):
+            frame = wire.encode_frame(array, bits)
+            self._send(peer, frame)
+            nbytes += len(frame) - self._header(array)
+        self.stats.add(self.party, self.current_label, nbytes, 1)
+
+    def recv(self, peer: str) -> np.ndarray:
+        try:
+            return wire.decode_frame(self._recv_frame(peer))
+        except wire.WireError as exc:
+            raise PeerError(f"party {self.party!r} rejected a message from {peer!r}: {exc}") from exc
+
+    def exchange(self, peer: str, arrays: list[np.ndarray], bits: list[int] | None = None) -> list[np.ndarray]:
+        """Send tensors to ``peer`` and receive as many back: one round for both sides."""
+        bits = bits or [64] * len(arrays)
+        nbytes = 0
+        for array, b in zip(arrays, bits, strict=True):
+            frame = wire.encode_frame(array, b)
+            self._send(peer, frame)
+            nbytes += len(frame) - self._header(array)
+        self.stats.add(self.party, self.current_label, nbytes, 1)
+        return [self.recv(peer) for _ in arrays]
+
+    def send_bytes(self, peer: str, data: bytes) -> None:
+        """Setup/control data (seeds); counted under its label but not as a protocol round."""
+        self._send(peer, wire.encode_bytes(data))
+        self.stats.add(self.party, self.current_label, len(data), 0)
+
+    def recv_bytes(self, peer: str) -> bytes:
+        try:
+            return wire.decode_bytes(self._recv_frame(peer))
+        except wire.WireError as exc:
+            raise PeerError(f"party {self.party!r} rejected a message from {peer!r}: {exc}") from exc
+
+    @staticmethod
+    def _header(array: np.ndarray) -> int:
+        """Frame overhead, not counted: bytes are the payload, as CrypTen counts them."""
+        return 5 + 8 * np.ndim(array)

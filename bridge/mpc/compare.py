@@ -1,0 +1,193 @@
+"""Exact secure comparison [x >= 0] and bit injection [b * x].
+
+Comparison (dealer-assisted, after Damgard et al. 2006 / SecureNN's private compare,
+with a 4-ary carry tree and multi-input Beaver products over GF(2)):
+
+Let k = Numerics.compare_bits and x in [-2^(k-1), 2^(k-1)) (the whole ring for k=64).
+  1. The dealer draws r uniform mod 2^k and gives XOR shares of its bits r_0..r_{k-1}
+     (free: seeded) and arithmetic shares of r (8 bytes to P1).
+  2. y = x + 2^(k-1) lies in [0, 2^k) and y >= 2^(k-1)  <=>  x >= 0.
+     Open c = y + r mod 2^k (one round, k bits per element).
+  3. bit_{k-1}(y) = c_{k-1} xor r_{k-1} xor [c mod 2^(k-1) < r mod 2^(k-1)]
+     (the borrow out of the low bits of c - r).
+  4. [c_low < r_low] with c public and r's bits shared: leaves lt_i = !c_i & r_i and
+     eq_i = !(c_i xor r_i) are local; groups of four merge as
+        lt = lt3 ^ eq3 lt2 ^ eq3 eq2 lt1 ^ eq3 eq2 eq1 lt0,   eq = eq3 eq2 eq1 eq0
+     in ONE round per level: every variable is opened once masked, e_v = v ^ m_v,
+     and each monomial prod_{v in S} v = xor_{T subset S} prod_{S\\T} e_v & [m_T],
+     with the dealer sharing the mask products m_T.  Levels: ceil(log4(k-1)), i.e.
+     3 for k = 64.
+Rounds: 1 + ceil(log4(k - 1)).  Bytes per element per compute party:
+  k/8 (packed to 8/16/32/64 bits) + sum over levels of (variables x groups) / 8.
+
+Bit injection [b * x] (b XOR-shared, x arithmetic), one round:
+  the dealer gives a random bit s as XOR and arithmetic shares, a mask A and [A*s].
+  Open d = b ^ s (1 bit) and E = x - A (8 bytes) together; then
+  [s x] = E [s] + [A s] and [b x] = d x + (1 - 2d) [s x], [b] = d + (1 - 2d)[s].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+
+from bridge.mpc.kernels import Tensor
+from bridge.mpc.party import PartyContext
+from bridge.mpc.protocol import Shared, add_public
+
+GROUP = 4
+#: The merge of one group of four (lt_0..3, eq_0..3), as monomials over variables
+#: 0..3 = lt_0..lt_3 and 4..7 = eq_0..eq_3 (index 0 least significant).
+_LT_TERMS = ((3,), (7, 2), (7, 6, 1), (7, 6, 5, 0))
+_EQ_TERMS = ((7, 6, 5, 4),)
+
+
+@dataclass(frozen=True)
+class Bits:
+    """This party's XOR share of 0/1 values (the dealer holds zeros)."""
+
+    share: Tensor
+
+
+def _take(ctx: PartyContext, t: Tensor, index: int) -> Tensor:
+    k = ctx.kernels
+    return k.reshape(k.gather(t, np.array([index]), axis=0), k.shape(t)[1:])
+
+
+def _public_bits(ctx: PartyContext, bits: Tensor) -> Tensor:
+    """Share a public bit tensor: P0 holds it, everyone else holds zeros."""
+    if ctx.is_compute and ctx.index == 0:
+        return bits
+    return ctx.kernels.zeros(ctx.kernels.shape(bits))
+
+
+def and_monomials(ctx: PartyContext, variables: Tensor, monomials: list[tuple[int, ...]]) -> list[Tensor]:
+    """XOR shares of prod_{v in S} variables[v] for each monomial S, in one round.
+
+    ``variables`` stacks shared bit tensors on axis 0.  A monomial of one variable
+    is returned as is; only variables that appear in a product are opened.
+    """
+    k = ctx.kernels
+    shape = k.shape(variables)[1:]
+    used = sorted({v for m in monomials if len(m) > 1 for v in m})
+    slot = {v: i for i, v in enumerate(used)}
+    subsets = sorted(
+        {T for m in monomials if len(m) > 1 for r in range(2, len(m) + 1) for T in combinations(sorted(m), r)}
+    )
+    masks = ctx.corr_random_bits((len(used),) + shape)
+
+    def mask_products() -> Tensor:
+        rows = []
+        for subset in subsets:
+            acc = _take(ctx, masks, slot[subset[0]])
+            for v in subset[1:]:
+                acc = k.bit_and(acc, _take(ctx, masks, slot[v]))
+            rows.append(acc)
+        return k.stack(rows, axis=0)
+
+    products = ctx.corr_derived_bits(mask_products, (len(subsets),) + shape) if subsets else None
+    chosen = k.gather(variables, np.array(used, dtype=np.int64), axis=0)
+    (opened,) = ctx.open([k.bit_xor(chosen, masks)], bits=[1])
+    e = {v: _take(ctx, opened, slot[v]) for v in used}
+    m = {v: _take(ctx, masks, slot[v]) for v in used}
+    index = {T: i for i, T in enumerate(subsets)}
+
+    out = []
+    for monomial in monomials:
+        if len(monomial) == 1:
+            out.append(_take(ctx, variables, monomial[0]))
+            continue
+        s = tuple(sorted(monomial))
+        acc = None
+        for r in range(0, len(s) + 1):
+            for T in combinations(s, r):
+                rest = [v for v in s if v not in T]
+                if r == 0:
+                    term = _public_bits(ctx, _and_all(ctx, [e[v] for v in rest]))
+                else:
+                    shared = m[T[0]] if r == 1 else _take(ctx, products, index[T])
+                    term = k.bit_and(shared, _and_all(ctx, [e[v] for v in rest])) if rest else shared
+                acc = term if acc is None else k.bit_xor(acc, term)
+        out.append(acc)
+    return out
+
+
+def _and_all(ctx: PartyContext, tensors: list[Tensor]) -> Tensor:
+    acc = tensors[0]
+    for t in tensors[1:]:
+        acc = ctx.kernels.bit_and(acc, t)
+    return acc
+
+
+def less_than_public(ctx: PartyContext, c_bits: Tensor, r_bits: Tensor) -> Tensor:
+    """XOR shares of [c < r] for public bits c and shared bits r (axis 0: bit, LSB first)."""
+    k = ctx.kernels
+    ones = k.constant(1)
+    # Leaves: lt_i = !c_i & r_i and eq_i = !(c_i ^ r_i), both local.
+    lt = k.bit_and(r_bits, k.bit_xor(c_bits, ones))
+    eq = k.bit_xor(r_bits, _public_bits(ctx, k.bit_xor(c_bits, ones)))
+    while k.shape(lt)[0] > 1:
+        n = k.shape(lt)[0]
+        pad = (-n) % GROUP
+        if pad:
+            lt = k.pad(lt, [(0, pad)] + [(0, 0)] * (len(k.shape(lt)) - 1))
+            eq_pad = _public_bits(ctx, k.constant(1, (pad,) + k.shape(eq)[1:]))
+            eq = k.concat([eq, eq_pad], axis=0)
+        groups = (n + pad) // GROUP
+        rest = k.shape(lt)[1:]
+        lt4 = k.reshape(lt, (groups, GROUP) + rest)
+        eq4 = k.reshape(eq, (groups, GROUP) + rest)
+        # variables axis first: (8, groups, ...) = lt_0..3, eq_0..3 of every group
+        variables = k.concat([k.transpose(lt4, (1, 0) + tuple(range(2, 2 + len(rest)))),
+                              k.transpose(eq4, (1, 0) + tuple(range(2, 2 + len(rest))))], axis=0)
+        last = groups == 1
+        monomials = list(_LT_TERMS) + ([] if last else list(_EQ_TERMS))
+        terms = and_monomials(ctx, variables, monomials)
+        lt = terms[0]
+        for t in terms[1:len(_LT_TERMS)]:
+            lt = k.bit_xor(lt, t)
+        if not last:
+            eq = terms[len(_LT_TERMS)]
+    return _take(ctx, lt, 0)
+
+
+def ge_zero(ctx: PartyContext, x: Shared) -> Bits:
+    """XOR shares of [x >= 0]; exact for x in [-2^(k-1), 2^(k-1)), k = compare_bits."""
+    k = ctx.kernels
+    nbits = ctx.numerics.compare_bits
+    shape = k.shape(x.share)
+    weights = (np.int64(1) << np.arange(nbits, dtype=np.int64)).reshape((nbits,) + (1,) * len(shape))
+    with ctx.messenger.label("compare"):
+        r_bits = ctx.corr_random_bits((nbits,) + shape)
+        r = ctx.corr_derived(lambda: k.sum(k.mul(r_bits, ctx.public(weights)), axis=0), shape)
+        top = np.int64(1) << np.int64(nbits - 1)
+        y_plus_r = k.add(add_public(ctx, x, ctx.public(np.array(top))).share, r)
+        (c,) = ctx.open([y_plus_r], bits=[nbits])
+        c_np = ctx.kernels.to_numpy(c)
+        c_bits = ctx.public((c_np[None] >> np.arange(nbits).reshape((nbits,) + (1,) * len(shape))) & 1)
+        low = k.gather(c_bits, np.arange(nbits - 1), axis=0)
+        borrow = less_than_public(ctx, low, k.gather(r_bits, np.arange(nbits - 1), axis=0))
+        msb = k.bit_xor(borrow, _take(ctx, r_bits, nbits - 1))
+        msb = k.bit_xor(msb, _public_bits(ctx, _take(ctx, c_bits, nbits - 1)))
+        return Bits(msb)
+
+
+def mul_bit(ctx: PartyContext, b: Bits, x: Shared) -> tuple[Shared, Shared]:
+    """([b * x], [b]) in Z_2^64 from XOR-shared b and arithmetic [x], in one round."""
+    k = ctx.kernels
+    shape = k.shape(x.share)
+    with ctx.messenger.label("mul_bit"):
+        s_bits = ctx.corr_random_bits(shape)
+        s_arith = ctx.corr_derived(lambda: s_bits, shape)
+        a = ctx.corr_random(shape)
+        a_s = ctx.corr_derived(lambda: k.mul(a, s_bits), shape)
+        d, e = ctx.open([k.bit_xor(b.share, s_bits), k.sub(x.share, a)], bits=[1, 64])
+        sx = k.add(k.mul(e, s_arith), a_s)
+        sign = k.sub(k.constant(1), k.mul(d, k.constant(2)))  # 1 - 2d, public
+        bx = k.add(k.mul(d, x.share), k.mul(sign, sx))
+        b_arith = k.mul(sign, s_arith)
+        if ctx.is_compute and ctx.index == 0:
+            b_arith = k.add(b_arith, d)
+        return Shared(bx), Shared(b_arith)

@@ -1,0 +1,145 @@
+"""One party's view of a protocol run: who it is, its kernels, its seeds, its messenger.
+
+Protocols are written SPMD-style: every party runs the same function on its own
+state.  The two compute parties hold shares; the dealer runs the same code on
+zero placeholders (so every shape works out for free) and, at each step that
+needs correlated randomness, produces it.  Input owners and output receivers
+only take part in sharing and revealing.
+
+Correlated randomness (the seeded dealer): at setup the dealer sends a fresh
+32-byte seed to each compute party.  A *random* correlated value r = r0 + r1
+costs nothing: each compute party expands r_i from its seed and the dealer
+expands both.  A *derived* value v = f(r, ...) costs one tensor, dealer -> party 1:
+party 0 expands v0 from its seed and the dealer sends v1 = v - v0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bridge.ir import Numerics
+from bridge.mpc.comm import Messenger
+from bridge.mpc.kernels import RingKernels, Tensor
+from bridge.mpc.prg import Prg, fresh_seed
+
+
+@dataclass
+class PartyContext:
+    name: str
+    kernels: RingKernels
+    numerics: Numerics
+    messenger: Messenger
+    compute: tuple[str, str]
+    dealer: str
+    #: per-party long-lived protocol state (cached weight masks, ...), keyed by the caller
+    store: dict[str, Any] = field(default_factory=dict)
+    _prgs: dict[str, Prg] = field(default_factory=dict)
+
+    # -- identity ---------------------------------------------------------------------
+    @property
+    def is_dealer(self) -> bool:
+        return self.name == self.dealer
+
+    @property
+    def is_compute(self) -> bool:
+        return self.name in self.compute
+
+    @property
+    def index(self) -> int:
+        """0 or 1 for the compute parties."""
+        return self.compute.index(self.name)
+
+    @property
+    def in_protocol(self) -> bool:
+        """Compute parties and the dealer run the secure computation itself."""
+        return self.is_compute or self.is_dealer
+
+    @property
+    def peer(self) -> str:
+        return self.compute[1 - self.index]
+
+    # -- setup ---------------------------------------------------------------------------
+    def setup_seeds(self) -> None:
+        """Dealer sends each compute party a fresh seed; others do nothing."""
+        with self.messenger.label("setup"):
+            if self.is_dealer:
+                for party in self.compute:
+                    seed = fresh_seed()
+                    self.messenger.send_bytes(party, seed)
+                    self._prgs[party] = Prg(seed)
+            elif self.is_compute:
+                self._prgs[self.dealer] = Prg(self.messenger.recv_bytes(self.dealer))
+
+    # -- correlated randomness ---------------------------------------------------------------
+    def _stream(self, party: str) -> Prg:
+        return self._prgs[party if self.is_dealer else self.dealer]
+
+    def corr_random(self, shape: tuple[int, ...]) -> Tensor:
+        """Random r in Z_2^64: compute party i gets r_i, the dealer gets r."""
+        k = self.kernels
+        if self.is_dealer:
+            return k.add(k.from_numpy(self._stream(self.compute[0]).ring(shape)),
+                         k.from_numpy(self._stream(self.compute[1]).ring(shape)))
+        return k.from_numpy(self._stream(self.name).ring(shape))
+
+    def corr_random_bits(self, shape: tuple[int, ...]) -> Tensor:
+        """Random bits b = b0 xor b1: compute party i gets b_i, the dealer gets b."""
+        k = self.kernels
+        if self.is_dealer:
+            return k.bit_xor(k.from_numpy(self._stream(self.compute[0]).bits(shape)),
+                             k.from_numpy(self._stream(self.compute[1]).bits(shape)))
+        return k.from_numpy(self._stream(self.name).bits(shape))
+
+    def corr_derived(self, plain: Callable[[], Tensor], shape: tuple[int, ...]) -> Tensor:
+        """Arithmetic shares of a value only the dealer can compute (e.g. c = a*b)."""
+        k = self.kernels
+        if self.is_dealer:
+            value = plain()
+            share0 = k.from_numpy(self._stream(self.compute[0]).ring(shape))
+            self.messenger.send(self.compute[1], k.to_numpy(k.sub(value, share0)))
+            return value
+        if self.index == 0:
+            return k.from_numpy(self._stream(self.name).ring(shape))
+        return k.from_numpy(self.messenger.recv(self.dealer))
+
+    def corr_derived_bits(self, plain: Callable[[], Tensor], shape: tuple[int, ...]) -> Tensor:
+        """XOR shares of dealer-computed bits."""
+        k = self.kernels
+        if self.is_dealer:
+            value = plain()
+            share0 = k.from_numpy(self._stream(self.compute[0]).bits(shape))
+            self.messenger.send(self.compute[1], k.to_numpy(k.bit_xor(value, share0)), bits=1)
+            return value
+        if self.index == 0:
+            return k.from_numpy(self._stream(self.name).bits(shape))
+        return k.from_numpy(self.messenger.recv(self.dealer))
+
+    # -- opening between the compute parties --------------------------------------------
+    def open(self, shares: list[Tensor], bits: list[int] | None = None) -> list[Tensor]:
+        """Reveal values to both compute parties (one round).  The dealer gets zeros.
+
+        ``bits`` gives each value's ring: 64 for Z_2^64, k for Z_2^k (sent in k bits,
+        result reduced mod 2^k), 1 for XOR-shared bits.
+        """
+        k = self.kernels
+        bits = bits or [64] * len(shares)
+        if self.is_dealer:
+            return [k.zeros(k.shape(s)) for s in shares]
+        theirs = self.messenger.exchange(self.peer, [k.to_numpy(s) for s in shares], bits)
+        out = []
+        for mine, other, b in zip(shares, theirs, bits, strict=True):
+            other_t = k.from_numpy(other)
+            if b == 1:
+                out.append(k.bit_xor(mine, other_t))
+            elif b == 64:
+                out.append(k.add(mine, other_t))
+            else:
+                out.append(k.bit_and(k.add(mine, other_t), k.constant((1 << b) - 1)))
+        return out
+
+    def public(self, array: np.ndarray) -> Tensor:
+        return self.kernels.from_numpy(np.asarray(array, dtype=np.int64))

@@ -1,0 +1,44 @@
+"""CSPRNG streams for every share, mask and triple.
+
+AES-256 in counter mode (the ``cryptography`` package) keyed from ``os.urandom``.
+Two parties holding the same seed draw identical streams, which is how the dealer
+hands out correlated randomness without sending it (the "seeded dealer" of
+CrypTen's TTP provider): only derived values such as c = f(a, b) travel.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+SEED_BYTES = 32
+
+
+def fresh_seed() -> bytes:
+    return os.urandom(SEED_BYTES)
+
+
+class Prg:
+    """A deterministic stream of cryptographically strong bytes from one seed."""
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"a PRG seed has {SEED_BYTES} bytes, received {len(seed)}")
+        cipher = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16))
+        self._encryptor = cipher.encryptor()
+
+    def bytes(self, n: int) -> bytes:
+        return self._encryptor.update(b"\x00" * n)
+
+    def ring(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Uniform elements of Z_2^64 as int64."""
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.frombuffer(self.bytes(8 * count), dtype=np.int64).reshape(shape).copy()
+
+    def bits(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Uniform bits (0/1) as int64, eight per random byte."""
+        count = int(np.prod(shape, dtype=np.int64))
+        raw = np.frombuffer(self.bytes((count + 7) // 8), dtype=np.uint8)
+        return np.unpackbits(raw)[:count].astype(np.int64).reshape(shape)
