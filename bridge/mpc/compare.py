@@ -191,3 +191,32 @@ def mul_bit(ctx: PartyContext, b: Bits, x: Shared) -> tuple[Shared, Shared]:
         if ctx.is_compute and ctx.index == 0:
             b_arith = k.add(b_arith, d)
         return Shared(bx), Shared(b_arith)
+
+
+# -- exact costs (bytes sent by one compute party, rounds) -----------------------------------
+
+def _packed(bits: int) -> int:
+    return (bits + 7) // 8
+
+
+def _word_bytes(bits: int) -> int:
+    return 1 if bits <= 8 else 2 if bits <= 16 else 4 if bits <= 32 else 8
+
+
+def ge_zero_cost(numel: int, compare_bits: int) -> tuple[int, int]:
+    """(bytes, rounds) of ``ge_zero`` on ``numel`` elements, as documented above."""
+    nbytes, rounds = numel * _word_bytes(compare_bits), 1
+    positions = compare_bits - 1
+    while positions > 1:
+        groups = -(-positions // GROUP)
+        last = groups == 1
+        monomials = list(_LT_TERMS) + ([] if last else list(_EQ_TERMS))
+        used = {v for m in monomials if len(m) > 1 for v in m}
+        nbytes += _packed(len(used) * groups * numel)
+        rounds += 1
+        positions = groups
+    return nbytes, rounds
+
+
+def mul_bit_cost(numel: int) -> tuple[int, int]:
+    return _packed(numel) + 8 * numel, 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from bridge.ir import Numerics
 from bridge.mpc.comm import CommStats, InMemoryNetwork, Messenger, PeerError, Transport
@@ -41,6 +41,19 @@ def make_contexts(
         name: PartyContext(name, kernels, numerics, Messenger(t, stats), compute, dealer)
         for name, t in transports.items()
     }
+
+
+class PartyRunner(Protocol):
+    """Runs an SPMD function in the parties hosted here: all of them (embedded) or one (distributed).
+
+    ``run`` returns the results of the local parties only; ``stats`` counts the
+    traffic of the local parties.
+    """
+
+    contexts: dict[str, PartyContext]
+    stats: CommStats
+
+    def run(self, fn: Callable[[PartyContext], R], parties: tuple[str, ...] | None = None) -> dict[str, R]: ...
 
 
 class ThreadedParties:

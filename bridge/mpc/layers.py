@@ -1,0 +1,266 @@
+"""Secure forward rules, one per IR op kind, written once against the primitive interface.
+
+A rule takes the party context, the node, its input shares and the node's
+parameters (``Shared``, or ``Masked`` when reused across batches) and returns the
+output share and a cache for the backward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from bridge.im2col import Im2ColPlan, im2col_plan
+from bridge.ir import Node, Program
+from bridge.ir import ops as irops
+from bridge.mpc import functions
+from bridge.mpc.kernels import RingKernels, Tensor
+from bridge.mpc.party import PartyContext
+from bridge.mpc.protocol import Masked, Shared, add, add_public, beaver, mul, mul_public, truncate
+
+Param = Shared | Masked
+
+
+@dataclass
+class LayerEnv:
+    ctx: PartyContext
+    params: Mapping[str, Param]
+
+    def param(self, node: Node, role: str) -> Param:
+        return self.params[node.params[role]] if role in node.params else self.params[f"{node.name}/{role}"]
+
+
+ForwardRule = Callable[[LayerEnv, Node, list[Shared]], tuple[Shared, Any]]
+
+
+def _value(p: Param) -> Shared:
+    return p.value if isinstance(p, Masked) else p
+
+
+# -- owner-side parameter preparation -------------------------------------------------------
+
+def _bn_affine(op: irops.BatchNorm, plain: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The owner folds inference batch norm into y = x * scale + shift before sharing."""
+    scale = plain["gamma"] / np.sqrt(plain["moving_variance"] + op.epsilon)
+    return {"scale": scale, "shift": plain["beta"] - plain["moving_mean"] * scale}
+
+
+#: op kind -> owner's plaintext rewrite of that node's parameters (role -> array)
+OWNER_PREP: dict[str, Callable[[Any, Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {
+    "batch_norm": _bn_affine,
+}
+
+#: op kind -> parameter roles used as the fixed operand of Beaver products (masked once)
+MASKED_ROLES: dict[str, tuple[str, ...]] = {
+    "dense": ("kernel",),
+    "conv2d": ("kernel",),
+    "batch_norm": ("scale",),
+}
+
+
+def secure_parameter_specs(program: Program) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter as the compute parties hold it (after owner prep)."""
+    specs: dict[str, tuple[int, ...]] = {}
+    params = program.graph.parameters
+    for node in program.graph.nodes:
+        if node.op.kind in OWNER_PREP:
+            channels = params[next(iter(node.params.values()))].shape
+            for role in ("scale", "shift"):
+                specs[f"{node.name}/{role}"] = channels
+        else:
+            for pname in node.params.values():
+                specs[pname] = params[pname].shape
+    return specs
+
+
+def secure_parameters(program: Program, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The owner's plaintext parameters, rewritten as the compute parties will hold them."""
+    out: dict[str, np.ndarray] = {}
+    for node in program.graph.nodes:
+        plain = {role: np.asarray(weights[p], dtype=np.float64) for role, p in node.params.items()}
+        if node.op.kind in OWNER_PREP:
+            for role, value in OWNER_PREP[node.op.kind](node.op, plain).items():
+                out[f"{node.name}/{role}"] = value
+        else:
+            for role, pname in node.params.items():
+                out[pname] = plain[role]
+    return out
+
+
+def masked_parameter_names(program: Program) -> list[str]:
+    names = []
+    for node in program.graph.nodes:
+        for role in MASKED_ROLES.get(node.op.kind, ()):
+            names.append(node.params[role] if role in node.params else f"{node.name}/{role}")
+    return names
+
+
+# -- rules ---------------------------------------------------------------------------------
+
+def _dense(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    ctx = env.ctx
+    from bridge.mpc.protocol import matmul
+
+    y = matmul(ctx, xs[0], env.param(node, "kernel"))
+    if node.op.use_bias:
+        y = add(ctx, y, _value(env.param(node, "bias")))
+    return y, None
+
+
+def conv_plan(op, shape: tuple[int, ...]) -> Im2ColPlan:
+    _, h, w, c = shape
+    window = op.kernel_size if isinstance(op, irops.Conv2D) else op.pool_size
+    return im2col_plan(h, w, c, window[0], window[1], op.strides, op.padding)
+
+
+def extract_patches(k: RingKernels, plan: Im2ColPlan, x: Tensor) -> Tensor:
+    """(n, H, W, C) -> (n, positions, window * C) by zero padding and one gather."""
+    n = k.shape(x)[0]
+    padded = k.pad(x, [(0, 0), *plan.pads, (0, 0)])
+    flat = k.reshape(padded, (n, -1))
+    patches = k.gather(flat, plan.indices.reshape(-1), axis=1)
+    return k.reshape(patches, (n,) + plan.indices.shape)
+
+
+def conv2d_ring(k: RingKernels, plan: Im2ColPlan, x: Tensor, w: Tensor) -> Tensor:
+    """Exact ring convolution: im2col then one matmul.  Bilinear in (x, w)."""
+    n = k.shape(x)[0]
+    positions, window = plan.indices.shape
+    cols = k.reshape(extract_patches(k, plan, x), (n * positions, window))
+    out = k.matmul(cols, k.reshape(w, (window, -1)))
+    return k.reshape(out, (n, plan.out_h, plan.out_w, -1))
+
+
+def _conv2d(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    ctx, k = env.ctx, env.ctx.kernels
+    x = xs[0]
+    plan = conv_plan(node.op, k.shape(x.share))
+    out_shape = (k.shape(x.share)[0], plan.out_h, plan.out_w, node.op.filters)
+    with ctx.messenger.label("conv2d"):
+        y = truncate(ctx, beaver(ctx, x, env.param(node, "kernel"), partial(conv2d_ring, k, plan), out_shape))
+    if node.op.use_bias:
+        y = add(ctx, y, _value(env.param(node, "bias")))
+    return y, plan
+
+
+def _pool_patches(k: RingKernels, plan: Im2ColPlan, x: Tensor, channels: int) -> Tensor:
+    """(n, H, W, C) -> (n, positions, window, C)."""
+    n = k.shape(x)[0]
+    positions = plan.indices.shape[0]
+    return k.reshape(extract_patches(k, plan, x), (n, positions, -1, channels))
+
+
+def _avg_pool2d(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    ctx, k = env.ctx, env.ctx.kernels
+    n, _, _, c = k.shape(xs[0].share)
+    plan = conv_plan(node.op, k.shape(xs[0].share))
+    summed = Shared(k.sum(_pool_patches(k, plan, xs[0].share, c), axis=2))
+    inverse = (1.0 / plan.valid_counts.astype(np.float64)).reshape(1, -1, 1)
+    y = mul_public(ctx, summed, inverse)
+    return Shared(k.reshape(y.share, (n, plan.out_h, plan.out_w, c))), plan
+
+
+def _max_pool2d(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    ctx, k = env.ctx, env.ctx.kernels
+    x = xs[0]
+    n, h, w, c = k.shape(x.share)
+    plan = conv_plan(node.op, (n, h, w, c))
+    if any(sum(p) for p in plan.pads):
+        # Padded cells must never win: lift them to a very negative public value.
+        floor = -int(ctx.numerics.max_abs_compared * ctx.numerics.scale) // 4
+        inside = np.zeros((h, w, c), dtype=np.int64)
+        marker = np.pad(inside + 1, [*plan.pads, (0, 0)])
+        x_pad = k.pad(x.share, [(0, 0), *plan.pads, (0, 0)])
+        x_pad = add_public(ctx, Shared(x_pad), ctx.public((1 - marker)[None] * floor)).share
+        no_pad = Im2ColPlan(((0, 0), (0, 0)), plan.out_h, plan.out_w, plan.indices, plan.valid_counts)
+        patches = _pool_patches(k, no_pad, x_pad, c)
+    else:
+        patches = _pool_patches(k, plan, x.share, c)
+    window_first = Shared(k.transpose(patches, (2, 0, 1, 3)))
+    best = functions.max_axis0(ctx, window_first)
+    return Shared(k.reshape(best.share, (n, plan.out_h, plan.out_w, c))), plan
+
+
+def _global_avg_pool2d(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    ctx, k = env.ctx, env.ctx.kernels
+    _, h, w, _ = k.shape(xs[0].share)
+    summed = Shared(k.sum(xs[0].share, axis=(1, 2)))
+    return mul_public(ctx, summed, 1.0 / (h * w)), None
+
+
+def _flatten(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    k = env.ctx.kernels
+    return Shared(k.reshape(xs[0].share, (k.shape(xs[0].share)[0], -1))), k.shape(xs[0].share)
+
+
+def _reshape(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    k = env.ctx.kernels
+    n = k.shape(xs[0].share)[0]
+    return Shared(k.reshape(xs[0].share, (n, *node.op.target_shape))), k.shape(xs[0].share)
+
+
+def _add(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    out = xs[0]
+    for x in xs[1:]:
+        out = add(env.ctx, out, x)
+    return out, None
+
+
+def _relu(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    return functions.relu_with_bit(env.ctx, xs[0])
+
+
+def _unary(fn: Callable[[PartyContext, Shared], Shared]) -> ForwardRule:
+    def rule(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+        y = fn(env.ctx, xs[0])
+        return y, y
+
+    return rule
+
+
+def _batch_norm(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    ctx = env.ctx
+    with ctx.messenger.label("batch_norm"):
+        y = mul(ctx, xs[0], env.param(node, "scale"))
+    return add(ctx, y, _value(env.param(node, "shift"))), None
+
+
+def _identity(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    return xs[0], None
+
+
+SECURE_FORWARD: dict[str, ForwardRule] = {
+    "dense": _dense,
+    "conv2d": _conv2d,
+    "avg_pool2d": _avg_pool2d,
+    "max_pool2d": _max_pool2d,
+    "global_avg_pool2d": _global_avg_pool2d,
+    "flatten": _flatten,
+    "reshape": _reshape,
+    "add": _add,
+    "relu": _relu,
+    "sigmoid": _unary(functions.sigmoid),
+    "tanh": _unary(functions.tanh),
+    "softmax": _unary(functions.softmax),
+    "batch_norm": _batch_norm,
+    "identity": _identity,
+}
+
+
+def secure_forward(
+    ctx: PartyContext, program: Program, params: Mapping[str, Param], inputs: Mapping[str, Shared]
+) -> tuple[dict[str, Shared], dict[str, Any]]:
+    """Run the graph on shares; returns every value and each node's backward cache."""
+    env = LayerEnv(ctx, params)
+    values: dict[str, Shared] = dict(inputs)
+    caches: dict[str, Any] = {}
+    for node in program.graph.nodes:
+        with ctx.messenger.label(node.name):
+            out, cache = SECURE_FORWARD[node.op.kind](env, node, [values[v] for v in node.inputs])
+        values[node.output] = out
+        caches[node.name] = cache
+    return values, caches
