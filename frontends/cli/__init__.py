@@ -1,0 +1,152 @@
+"""The ``privacy-bridge`` command line.
+
+It lives beside the front ends, not in ``bridge``: it reads Keras models and
+starts backends, and ``bridge`` imports neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    from bridge.registry import available_backends, get_backend
+
+    for name in available_backends():
+        try:
+            caps = get_backend(name).capabilities()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
+            print(f"{name:12s} (failed to load: {exc})")
+            continue
+        modes = ", ".join(sorted(m.value for m in caps.privacy_modes))
+        print(f"{name:12s} modes: {modes}")
+        print(f"{'':12s} ops:   {', '.join(sorted(caps.ops))}")
+        if caps.description:
+            print(f"{'':12s} {caps.description}")
+    return 0
+
+
+def _load_keras(path: str):
+    import keras
+
+    return keras.models.load_model(path, compile=False)
+
+
+def _program_for(path: str):
+    """A Program from a .keras file, or from a directory written by ``export``."""
+    from bridge.ir import load_program
+
+    if os.path.isdir(path):
+        return load_program(path)
+    from frontends.keras.importer import to_ir
+
+    return to_ir(_load_keras(path))
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from frontends.cli.inspect import summary
+
+    program, weights = _program_for(args.model)
+    print(summary(program, weights))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from bridge.ir import save_program
+
+    program, weights = _program_for(args.model)
+    out = save_program(args.out, program, weights)
+    print(f"wrote {out / 'program.json'} and {out / 'weights.npz'} "
+          f"({len(program.graph.nodes)} nodes, {sum(w.size for w in weights.values())} parameters)")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from frontends.cli.bench import run_all
+
+    rows = run_all(args.backend or None, quick=args.quick, workloads=args.workload or None)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from frontends.cli.demo import run_demo
+
+    return run_demo(backend=args.backend, all_backends=args.all_backends, quick=args.quick, plot=args.plot)
+
+
+def _cmd_party(args: argparse.Namespace) -> int:
+    from bridge.launch import run_party
+
+    return run_party(args.cluster, args.name, args.script)
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from bridge.launch import launch
+
+    return launch(args.cluster, args.script, timeout_s=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="privacy-bridge", description="Run Keras models privately.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("backends", help="installed backends and what each supports").set_defaults(fn=_cmd_backends)
+
+    p = sub.add_parser("inspect", help="print a model's IR as a table")
+    p.add_argument("model", help="a .keras file, or a directory written by 'export'")
+    p.set_defaults(fn=_cmd_inspect)
+
+    p = sub.add_parser("export", help="write a model's IR (program.json + weights.npz)")
+    p.add_argument("model")
+    p.add_argument("out")
+    p.set_defaults(fn=_cmd_export)
+
+    p = sub.add_parser("bench", help="measure the benchmark workloads on each backend")
+    p.add_argument("--backend", action="append", help="backend to measure (repeatable; default: all MPC)")
+    p.add_argument("--workload", action="append", help="workload to run (repeatable; default: all)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats")
+    p.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    p.set_defaults(fn=_cmd_bench)
+
+    p = sub.add_parser("demo", help="load_digits in plaintext and every privacy mode, one table")
+    p.add_argument("--backend", default=None, help="backend (default: configuration, then torch-spdz)")
+    p.add_argument("--all-backends", action="store_true", help="run on every MPC backend")
+    p.add_argument("--quick", action="store_true", help="a reduced run (for tests)")
+    p.add_argument("--plot", default="privacy_bridge_demo.png", help="learning-curve PNG path")
+    p.set_defaults(fn=_cmd_demo)
+
+    p = sub.add_parser("party", help="run one party of a cluster file")
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("script", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
+    p.set_defaults(fn=_cmd_party)
+
+    p = sub.add_parser("launch", help="start every party of a cluster file on this host")
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("script", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
+    p.set_defaults(fn=_cmd_launch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "script") and args.script and args.script[0] == "--":
+        args.script = args.script[1:]
+    try:
+        return int(args.fn(args) or 0)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"privacy-bridge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

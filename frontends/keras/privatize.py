@@ -1,0 +1,285 @@
+"""``privatize(model, privacy=...)``: the one line a Keras user adds.
+
+The returned object has Keras' ``predict`` / ``evaluate`` / ``fit``; what runs
+underneath is the model's IR on the backend that configuration picks
+(``bridge.config.resolve_backend``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from bridge.backend import Backend, BackendError, Executable
+from bridge.config import resolve_backend
+from bridge.ir import Numerics, Placement, PrivacyMode, Program
+from bridge.registry import get_backend
+
+#: privacy mode -> keyword arguments of ``privatize`` that only that mode takes
+MODE_OPTIONS: dict[PrivacyMode, frozenset[str]] = {
+    PrivacyMode.NONE: frozenset(),
+    PrivacyMode.ENCRYPTED_SERVING: frozenset({"timeout_s", "device"}),
+    PrivacyMode.ENCRYPTED_TRAINING: frozenset({"timeout_s", "device", "keep_shared", "check_overflow"}),
+    PrivacyMode.FEDERATED: frozenset(
+        {
+            "rounds",
+            "local_epochs",
+            "secure_aggregation",
+            "client_fraction",
+            "min_clients",
+            "clip_norm",
+            "noise_multiplier",
+            "delta",
+            "round_timeout_s",
+        }
+    ),
+}
+
+
+def privatize(
+    model: Any,
+    privacy: str | PrivacyMode = "none",
+    backend: str | None = None,
+    parties: Placement | Mapping[str, Any] | None = None,
+    *,
+    numerics: Numerics | None = None,
+    **options: Any,
+) -> "PrivateModel":
+    """Wrap a Keras model so that it runs privately.
+
+    privacy: "none", "encrypted_serving", "encrypted_training" or "federated".
+    backend: a registered backend name; None means configuration decides
+      (``PRIVACY_BRIDGE_BACKEND``, then ``[tool.privacy-bridge]`` in pyproject.toml).
+    parties: a ``Placement``, or keyword arguments for ``Placement.default``
+      (e.g. ``{"data_owner": "alice", "compute": ("s0", "s1")}``).
+    options: mode-specific settings (``rounds=``, ``local_epochs=``, ``timeout_s=``...).
+    """
+    try:
+        mode = PrivacyMode(privacy)
+    except ValueError:
+        modes = [m.value for m in PrivacyMode]
+        raise ValueError(f"privacy={privacy!r} is not a privacy mode; use one of {modes}") from None
+    unknown = sorted(set(options) - MODE_OPTIONS[mode])
+    if unknown:
+        raise TypeError(
+            f"privatize(privacy={mode.value!r}) got unexpected options {unknown}; "
+            f"this mode takes {sorted(MODE_OPTIONS[mode])}"
+        )
+    resolved = resolve_backend(backend, mode)
+    engine = get_backend(resolved.backend)
+    if mode not in engine.capabilities().privacy_modes:
+        supported = sorted(m.value for m in engine.capabilities().privacy_modes)
+        raise BackendError(
+            f"privacy={mode.value!r} is not available on backend {engine.name!r} yet "
+            f"(chosen by {resolved.source}); it supports {supported}. "
+            "Pick another backend with backend=... or PRIVACY_BRIDGE_BACKEND."
+        )
+    return PrivateModel(model, mode, engine, parties, numerics, options)
+
+
+class PrivateModel:
+    """A Keras model bound to a privacy mode and a backend."""
+
+    def __init__(
+        self,
+        model: Any,
+        mode: PrivacyMode,
+        backend: Backend,
+        parties: Placement | Mapping[str, Any] | None,
+        numerics: Numerics | None,
+        options: dict[str, Any],
+    ) -> None:
+        self.model = model
+        self.privacy = mode
+        self.backend = backend
+        self.options = options
+        self._parties = parties
+        self._numerics = numerics or Numerics()
+        self._executable: Executable | None = None
+        self._weights_version: list[np.ndarray] | None = None
+        self.last_stats: Any = None
+
+    # -- the Program --------------------------------------------------------------------
+    def to_program(self) -> tuple[Program, dict[str, np.ndarray]]:
+        """The model's IR with this wrapper's placement and numerics."""
+        from frontends.keras.importer import to_ir
+
+        program, weights = to_ir(self.model, numerics=self._numerics, privacy=self.privacy)
+        placement = self._placement(program)
+        return program.model_copy(update={"placement": placement}), weights
+
+    def _placement(self, program: Program) -> Placement:
+        if isinstance(self._parties, Placement):
+            return self._parties
+        kwargs = dict(self._parties or {})
+        return Placement.default(list(program.graph.inputs), list(program.graph.outputs), **kwargs)
+
+    @property
+    def program(self) -> Program:
+        return self.to_program()[0]
+
+    def _prepared(self) -> Executable:
+        """Prepare once; prepare again if the Keras weights changed since (e.g. after fit)."""
+        current = [np.asarray(w) for w in self.model.get_weights()]
+        stale = self._weights_version is None or any(
+            a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(current, self._weights_version)
+        )
+        if self._executable is None or stale:
+            if self._executable is not None:
+                self._executable.close()
+            program, weights = self.to_program()
+            self._executable = self.backend.prepare(program, weights, **self._prepare_options())
+            self._weights_version = current
+        return self._executable
+
+    def _prepare_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.items() if k in {"timeout_s", "device"}}
+
+    # -- Keras API ----------------------------------------------------------------------------
+    def predict(self, x: Any, batch_size: int | None = None, verbose: str | int = "auto", steps: int | None = None) -> Any:
+        """Like ``keras.Model.predict``: batches of ``batch_size`` (default 32), outputs concatenated."""
+        if self.privacy == PrivacyMode.ENCRYPTED_TRAINING or self.privacy == PrivacyMode.FEDERATED:
+            # Training modes serve with the trained Keras model in the clear (the owner has it).
+            return self.model.predict(x, batch_size=batch_size, verbose=verbose, steps=steps)
+        executable = self._prepared()
+        program = executable.program
+        inputs = _as_input_dict(program, x)
+        n = len(next(iter(inputs.values())))
+        size = batch_size or 32
+        starts = list(range(0, n, size))
+        if steps is not None:
+            starts = starts[:steps]
+        bar = _progbar(len(starts), verbose)
+        chunks: dict[str, list[np.ndarray]] = {name: [] for name in program.graph.outputs}
+        stats = []
+        for i, start in enumerate(starts):
+            batch = {k: v[start : start + size] for k, v in inputs.items()}
+            result = executable.run(batch)
+            for name, value in result.outputs.items():
+                chunks[name].append(value)
+            stats.append(result.stats)
+            if bar is not None:
+                bar.update(i + 1)
+        self.last_stats = _merge_stats(stats)
+        outputs = [np.concatenate(chunks[name]).astype(np.float32) for name in program.graph.outputs if chunks[name]]
+        if not outputs:
+            return None  # this process hosts no output receiver (distributed mode)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def evaluate(
+        self,
+        x: Any,
+        y: Any,
+        batch_size: int | None = None,
+        verbose: str | int = "auto",
+        return_dict: bool = False,
+    ) -> Any:
+        """Like ``keras.Model.evaluate``: the compiled loss and metrics on private predictions.
+
+        Only the output receiver (the client) sees the predictions, so the loss and
+        metrics are computed on its side, in the clear, from what it received.
+        """
+        predictions = self.predict(x, batch_size=batch_size, verbose=verbose)
+        return compiled_scores(self.model, y, predictions, return_dict)
+
+    def fit(self, x: Any = None, y: Any = None, **kwargs: Any) -> Any:
+        """Train: encrypted (``data`` = {owner: (x, y)} or (x, y)) or federated ({client: (x, y)})."""
+        data = x if y is None else (x, y)
+        if self.privacy == PrivacyMode.ENCRYPTED_TRAINING:
+            from frontends.keras.training import fit_encrypted
+
+            allowed = {"keep_shared", "check_overflow"}
+            extra = {k: v for k, v in self.options.items() if k in allowed}
+            return fit_encrypted(self.model, self.backend, data, parties=self._parties, **extra, **kwargs)
+        if self.privacy == PrivacyMode.FEDERATED:
+            from frontends.keras.federated import fit_federated
+
+            return fit_federated(self.model, self.backend.name, data, **self.options, **kwargs)
+        if self.privacy == PrivacyMode.NONE:
+            if isinstance(data, tuple):
+                return self.model.fit(*data, **kwargs)
+            return self.model.fit(data, **kwargs)
+        raise BackendError(
+            f"privacy={self.privacy.value!r} serves a trained model and does not train; "
+            "use privacy='encrypted_training' or 'federated' to train privately"
+        )
+
+
+def compiled_scores(model: Any, y: Any, predictions: Any, return_dict: bool) -> Any:
+    """The model's compiled loss and metrics, evaluated with Keras on given predictions."""
+    import keras
+
+    y_true = np.asarray(y)
+    y_pred = np.asarray(predictions)
+    scores: dict[str, float] = {}
+    loss = getattr(model, "loss", None)
+    if loss is not None:
+        loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+        scores["loss"] = float(np.mean(keras.ops.convert_to_numpy(loss_fn(y_true, y_pred))))
+    for metric in _compiled_metrics(model, loss):
+        metric.reset_state()
+        metric.update_state(y_true, y_pred)
+        scores[metric.name] = float(keras.ops.convert_to_numpy(metric.result()))
+    if return_dict:
+        return scores
+    values = list(scores.values())
+    return values[0] if len(values) == 1 else values
+
+
+def _compiled_metrics(model: Any, loss: Any) -> list[Any]:
+    import keras
+
+    config = getattr(model, "_compile_config", None)
+    names = []
+    if config is not None:
+        names = list(config.config.get("metrics") or [])
+    out = []
+    for name in names:
+        if name in ("accuracy", "acc"):
+            loss_name = loss if isinstance(loss, str) else getattr(loss, "name", "")
+            if "sparse_categorical" in str(loss_name):
+                out.append(keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
+            elif "binary" in str(loss_name):
+                out.append(keras.metrics.BinaryAccuracy(name="accuracy"))
+            else:
+                out.append(keras.metrics.CategoricalAccuracy(name="accuracy"))
+        else:
+            out.append(keras.metrics.get(name))
+    return out
+
+
+def _as_input_dict(program: Program, x: Any) -> dict[str, np.ndarray]:
+    names = list(program.graph.inputs)
+    if isinstance(x, Mapping):
+        return {k: np.asarray(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)) and len(names) > 1:
+        return {n: np.asarray(v) for n, v in zip(names, x, strict=True)}
+    if len(names) != 1:
+        raise ValueError(f"the model takes {len(names)} inputs {names}; pass a list or a dict")
+    return {names[0]: np.asarray(x)}
+
+
+def _progbar(steps: int, verbose: str | int) -> Any:
+    if verbose in (0, "silent") or (verbose == "auto" and os.environ.get("CI")):
+        return None
+    import keras
+
+    return keras.utils.Progbar(steps, verbose=1 if verbose == "auto" else int(verbose))
+
+
+def _merge_stats(stats: list[Any]) -> Any:
+    """One CommStats for a whole predict call."""
+    stats = [s for s in stats if s is not None]
+    if not stats:
+        return None
+    from bridge.mpc.comm import CommStats
+
+    total = CommStats()
+    for s in stats:
+        for party, labels in s.snapshot().items():
+            for label, (nbytes, rounds) in labels.items():
+                total.add(party, label, nbytes, rounds)
+    return total
