@@ -19,6 +19,8 @@ Let k = Numerics.compare_bits and x in [-2^(k-1), 2^(k-1)) (the whole ring for k
      3 for k = 64.
 Rounds: 1 + ceil(log4(k - 1)).  Bytes per element per compute party:
   k/8 (packed to 8/16/32/64 bits) + sum over levels of (variables x groups) / 8.
+Bits are bit-sliced: each int64 word holds one bit position of 64 elements, so the
+tree's ANDs and XORs run 64 elements per machine operation.
 
 Bit injection [b * x] (b XOR-shared, x arithmetic), one round:
   the dealer gives a random bit s as XOR and arithmetic shares, a mask A and [A*s].
@@ -34,7 +36,7 @@ from itertools import combinations
 import numpy as np
 
 from bridge.mpc.kernels import Tensor
-from bridge.mpc.party import PartyContext
+from bridge.mpc.party import XOR_WORDS, PartyContext
 from bridge.mpc.protocol import Shared, add_public
 
 GROUP = 4
@@ -49,6 +51,10 @@ class Bits:
     """This party's XOR share of 0/1 values (the dealer holds zeros)."""
 
     share: Tensor
+
+
+#: a word of 64 one-bits: NOT x == x ^ ALL_ONES on bit-sliced words
+ALL_ONES = -1
 
 
 def _take(ctx: PartyContext, t: Tensor, index: int) -> Tensor:
@@ -66,8 +72,9 @@ def _public_bits(ctx: PartyContext, bits: Tensor) -> Tensor:
 def and_monomials(ctx: PartyContext, variables: Tensor, monomials: list[tuple[int, ...]]) -> list[Tensor]:
     """XOR shares of prod_{v in S} variables[v] for each monomial S, in one round.
 
-    ``variables`` stacks shared bit tensors on axis 0.  A monomial of one variable
-    is returned as is; only variables that appear in a product are opened.
+    ``variables`` stacks XOR-shared bit-sliced words on axis 0 (each word holds 64
+    independent bits, so AND and XOR act on 64 gates at once).  A monomial of one
+    variable is returned as is; only variables that appear in a product are opened.
     """
     k = ctx.kernels
     shape = k.shape(variables)[1:]
@@ -76,7 +83,7 @@ def and_monomials(ctx: PartyContext, variables: Tensor, monomials: list[tuple[in
     subsets = sorted(
         {T for m in monomials if len(m) > 1 for r in range(2, len(m) + 1) for T in combinations(sorted(m), r)}
     )
-    masks = ctx.corr_random_bits((len(used),) + shape)
+    masks = ctx.corr_random_bits((len(used),) + shape, packed=True)
 
     def mask_products() -> Tensor:
         rows = []
@@ -87,9 +94,9 @@ def and_monomials(ctx: PartyContext, variables: Tensor, monomials: list[tuple[in
             rows.append(acc)
         return k.stack(rows, axis=0)
 
-    products = ctx.corr_derived_bits(mask_products, (len(subsets),) + shape) if subsets else None
+    products = ctx.corr_derived_bits(mask_products, (len(subsets),) + shape, packed=True) if subsets else None
     chosen = k.gather(variables, np.array(used, dtype=np.int64), axis=0)
-    (opened,) = ctx.open([k.bit_xor(chosen, masks)], bits=[1])
+    (opened,) = ctx.open([k.bit_xor(chosen, masks)], bits=[XOR_WORDS])
     e = {v: _take(ctx, opened, slot[v]) for v in used}
     m = {v: _take(ctx, masks, slot[v]) for v in used}
     index = {T: i for i, T in enumerate(subsets)}
@@ -122,9 +129,10 @@ def _and_all(ctx: PartyContext, tensors: list[Tensor]) -> Tensor:
 
 
 def less_than_public(ctx: PartyContext, c_bits: Tensor, r_bits: Tensor) -> Tensor:
-    """XOR shares of [c < r] for public bits c and shared bits r (axis 0: bit, LSB first)."""
+    """XOR shares of [c < r], bit-sliced: axis 0 is the bit position (LSB first), the
+    last axis holds words of 64 elements; c is public, r is XOR-shared."""
     k = ctx.kernels
-    ones = k.constant(1)
+    ones = k.constant(ALL_ONES)
     # Leaves: lt_i = !c_i & r_i and eq_i = !(c_i ^ r_i), both local.
     lt = k.bit_and(r_bits, k.bit_xor(c_bits, ones))
     eq = k.bit_xor(r_bits, _public_bits(ctx, k.bit_xor(c_bits, ones)))
@@ -132,25 +140,34 @@ def less_than_public(ctx: PartyContext, c_bits: Tensor, r_bits: Tensor) -> Tenso
         n = k.shape(lt)[0]
         pad = (-n) % GROUP
         if pad:
-            lt = k.pad(lt, [(0, pad)] + [(0, 0)] * (len(k.shape(lt)) - 1))
-            eq_pad = _public_bits(ctx, k.constant(1, (pad,) + k.shape(eq)[1:]))
-            eq = k.concat([eq, eq_pad], axis=0)
+            rest = k.shape(lt)[1:]
+            lt = k.concat([lt, k.zeros((pad,) + rest)], axis=0)
+            eq = k.concat([eq, _public_bits(ctx, k.constant(ALL_ONES, (pad,) + rest))], axis=0)
         groups = (n + pad) // GROUP
         rest = k.shape(lt)[1:]
-        lt4 = k.reshape(lt, (groups, GROUP) + rest)
-        eq4 = k.reshape(eq, (groups, GROUP) + rest)
-        # variables axis first: (8, groups, ...) = lt_0..3, eq_0..3 of every group
-        variables = k.concat([k.transpose(lt4, (1, 0) + tuple(range(2, 2 + len(rest)))),
-                              k.transpose(eq4, (1, 0) + tuple(range(2, 2 + len(rest))))], axis=0)
+        perm = (1, 0) + tuple(range(2, 2 + len(rest)))
+        lt4 = k.transpose(k.reshape(lt, (groups, GROUP) + rest), perm)
+        eq4 = k.transpose(k.reshape(eq, (groups, GROUP) + rest), perm)
+        # variables on axis 0: lt_0..3 then eq_0..3, each of shape (groups, ...)
+        variables = k.concat([lt4, eq4], axis=0)
         last = groups == 1
-        monomials = list(_LT_TERMS) + ([] if last else list(_EQ_TERMS))
-        terms = and_monomials(ctx, variables, monomials)
+        terms = and_monomials(ctx, variables, list(_LT_TERMS) + ([] if last else list(_EQ_TERMS)))
         lt = terms[0]
-        for t in terms[1:len(_LT_TERMS)]:
+        for t in terms[1 : len(_LT_TERMS)]:
             lt = k.bit_xor(lt, t)
         if not last:
             eq = terms[len(_LT_TERMS)]
     return _take(ctx, lt, 0)
+
+
+def _bit_planes(c: np.ndarray, nbits: int) -> np.ndarray:
+    """Public values (n,) -> bit-sliced planes (nbits, ceil(n/64)) as int64 words."""
+    n = c.shape[0]
+    words = -(-n // 64)
+    bits = ((c[None, :] >> np.arange(nbits, dtype=np.int64)[:, None]) & 1).astype(np.uint8)
+    bits = np.pad(bits, [(0, 0), (0, words * 64 - n)])
+    packed = np.packbits(bits.reshape(nbits, words, 64), axis=2, bitorder="little")
+    return np.ascontiguousarray(packed).view("<i8").reshape(nbits, words)
 
 
 def ge_zero(ctx: PartyContext, x: Shared) -> Bits:
@@ -158,20 +175,24 @@ def ge_zero(ctx: PartyContext, x: Shared) -> Bits:
     k = ctx.kernels
     nbits = ctx.numerics.compare_bits
     shape = k.shape(x.share)
-    weights = (np.int64(1) << np.arange(nbits, dtype=np.int64)).reshape((nbits,) + (1,) * len(shape))
+    n = int(np.prod(shape, dtype=np.int64))
+    words = -(-n // 64)
+    weights = np.left_shift(np.int64(1), np.arange(nbits, dtype=np.int64)).reshape(nbits, 1)
     with ctx.messenger.label("compare"):
-        r_bits = ctx.corr_random_bits((nbits,) + shape)
-        r = ctx.corr_derived(lambda: k.sum(k.mul(r_bits, ctx.public(weights)), axis=0), shape)
+        r_planes = ctx.corr_random_bits((nbits, words), packed=True)
+        r = ctx.corr_derived(
+            lambda: k.sum(k.mul(k.unpack_bits(r_planes, n), ctx.public(weights)), axis=0), (n,)
+        )
         top = np.int64(1) << np.int64(nbits - 1)
-        y_plus_r = k.add(add_public(ctx, x, ctx.public(np.array(top))).share, r)
+        flat = k.reshape(x.share, (n,))
+        y_plus_r = k.add(add_public(ctx, Shared(flat), ctx.public(np.array(top))).share, r)
         (c,) = ctx.open([y_plus_r], bits=[nbits])
-        c_np = ctx.kernels.to_numpy(c)
-        c_bits = ctx.public((c_np[None] >> np.arange(nbits).reshape((nbits,) + (1,) * len(shape))) & 1)
-        low = k.gather(c_bits, np.arange(nbits - 1), axis=0)
-        borrow = less_than_public(ctx, low, k.gather(r_bits, np.arange(nbits - 1), axis=0))
-        msb = k.bit_xor(borrow, _take(ctx, r_bits, nbits - 1))
-        msb = k.bit_xor(msb, _public_bits(ctx, _take(ctx, c_bits, nbits - 1)))
-        return Bits(msb)
+        c_planes = ctx.public(_bit_planes(k.to_numpy(c), nbits))
+        low = np.arange(nbits - 1)
+        borrow = less_than_public(ctx, k.gather(c_planes, low, axis=0), k.gather(r_planes, low, axis=0))
+        msb = k.bit_xor(borrow, _take(ctx, r_planes, nbits - 1))
+        msb = k.bit_xor(msb, _public_bits(ctx, _take(ctx, c_planes, nbits - 1)))
+        return Bits(k.reshape(k.unpack_bits(msb, n), shape))
 
 
 def mul_bit(ctx: PartyContext, b: Bits, x: Shared) -> tuple[Shared, Shared]:
@@ -204,15 +225,19 @@ def _word_bytes(bits: int) -> int:
 
 
 def ge_zero_cost(numel: int, compare_bits: int) -> tuple[int, int]:
-    """(bytes, rounds) of ``ge_zero`` on ``numel`` elements, as documented above."""
+    """(bytes, rounds) of ``ge_zero`` on ``numel`` elements, as documented above.
+
+    Tree variables travel bit-sliced: 8 bytes per 64 elements (rounded up).
+    """
     nbytes, rounds = numel * _word_bytes(compare_bits), 1
+    words = -(-numel // 64)
     positions = compare_bits - 1
     while positions > 1:
         groups = -(-positions // GROUP)
         last = groups == 1
         monomials = list(_LT_TERMS) + ([] if last else list(_EQ_TERMS))
         used = {v for m in monomials if len(m) > 1 for v in m}
-        nbytes += _packed(len(used) * groups * numel)
+        nbytes += 8 * len(used) * groups * words
         rounds += 1
         positions = groups
     return nbytes, rounds

@@ -108,6 +108,26 @@ class RingKernels(ABC):
     @abstractmethod
     def stack(self, tensors: Sequence[Tensor], axis: int = 0) -> Tensor: ...
 
+    # -- bit slicing (defaults from the ops above; override for speed) ---------------------
+    def pack_bits(self, bits: Tensor) -> Tensor:
+        """0/1 values (..., n) -> int64 words (..., ceil(n / 64)); element j is bit j % 64."""
+        shape = self.shape(bits)
+        n = shape[-1]
+        words = -(-n // 64)
+        padded = self.pad(bits, [(0, 0)] * (len(shape) - 1) + [(0, words * 64 - n)])
+        grouped = self.reshape(padded, tuple(shape[:-1]) + (words, 64))
+        weights = self.from_numpy(np.left_shift(np.int64(1), np.arange(64, dtype=np.int64)))
+        return self.sum(self.mul(grouped, weights), axis=len(shape))
+
+    def unpack_bits(self, words: Tensor, count: int) -> Tensor:
+        """The inverse of ``pack_bits``: int64 words (..., w) -> 0/1 values (..., count)."""
+        shape = self.shape(words)
+        one = self.constant(1)
+        planes = [self.bit_and(self.shift_right(words, j), one) for j in range(64)]
+        bits = self.stack(planes, axis=len(shape))
+        flat = self.reshape(bits, tuple(shape[:-1]) + (shape[-1] * 64,))
+        return self.gather(flat, np.arange(count, dtype=np.int64), axis=len(shape) - 1)
+
     # -- optional acceleration -----------------------------------------------------------
     def compile(self, fn):
         """Wrap a pure tensor function for speed (e.g. ``tf.function``); identity by default."""

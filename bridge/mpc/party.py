@@ -26,6 +26,9 @@ from bridge.mpc.comm import Messenger
 from bridge.mpc.kernels import RingKernels, Tensor
 from bridge.mpc.prg import Prg, fresh_seed
 
+#: ``open`` mode for XOR-shared int64 words (64 bit-sliced bits each)
+XOR_WORDS = 0
+
 
 @dataclass
 class PartyContext:
@@ -86,13 +89,20 @@ class PartyContext:
                          k.from_numpy(self._stream(self.compute[1]).ring(shape)))
         return k.from_numpy(self._stream(self.name).ring(shape))
 
-    def corr_random_bits(self, shape: tuple[int, ...]) -> Tensor:
-        """Random bits b = b0 xor b1: compute party i gets b_i, the dealer gets b."""
+    def corr_random_bits(self, shape: tuple[int, ...], packed: bool = False) -> Tensor:
+        """Random bits b = b0 xor b1: compute party i gets b_i, the dealer gets b.
+
+        ``packed``: int64 words holding 64 random bits each (bit-sliced tensors).
+        """
         k = self.kernels
+
+        def draw(party: str) -> Tensor:
+            stream = self._stream(party)
+            return k.from_numpy(stream.ring(shape) if packed else stream.bits(shape))
+
         if self.is_dealer:
-            return k.bit_xor(k.from_numpy(self._stream(self.compute[0]).bits(shape)),
-                             k.from_numpy(self._stream(self.compute[1]).bits(shape)))
-        return k.from_numpy(self._stream(self.name).bits(shape))
+            return k.bit_xor(draw(self.compute[0]), draw(self.compute[1]))
+        return draw(self.name)
 
     def corr_derived(self, plain: Callable[[], Tensor], shape: tuple[int, ...]) -> Tensor:
         """Arithmetic shares of a value only the dealer can compute (e.g. c = a*b)."""
@@ -106,16 +116,20 @@ class PartyContext:
             return k.from_numpy(self._stream(self.name).ring(shape))
         return k.from_numpy(self.messenger.recv(self.dealer))
 
-    def corr_derived_bits(self, plain: Callable[[], Tensor], shape: tuple[int, ...]) -> Tensor:
-        """XOR shares of dealer-computed bits."""
+    def corr_derived_bits(self, plain: Callable[[], Tensor], shape: tuple[int, ...], packed: bool = False) -> Tensor:
+        """XOR shares of dealer-computed bits (0/1 values, or 64 per word if ``packed``)."""
         k = self.kernels
+
+        def draw0() -> Tensor:
+            stream = self._stream(self.compute[0] if self.is_dealer else self.name)
+            return k.from_numpy(stream.ring(shape) if packed else stream.bits(shape))
+
         if self.is_dealer:
             value = plain()
-            share0 = k.from_numpy(self._stream(self.compute[0]).bits(shape))
-            self.messenger.send(self.compute[1], k.to_numpy(k.bit_xor(value, share0)), bits=1)
+            self.messenger.send(self.compute[1], k.to_numpy(k.bit_xor(value, draw0())), bits=64 if packed else 1)
             return value
         if self.index == 0:
-            return k.from_numpy(self._stream(self.name).bits(shape))
+            return draw0()
         return k.from_numpy(self.messenger.recv(self.dealer))
 
     # -- opening between the compute parties --------------------------------------------
@@ -123,17 +137,19 @@ class PartyContext:
         """Reveal values to both compute parties (one round).  The dealer gets zeros.
 
         ``bits`` gives each value's ring: 64 for Z_2^64, k for Z_2^k (sent in k bits,
-        result reduced mod 2^k), 1 for XOR-shared bits.
+        result reduced mod 2^k), 1 for XOR-shared 0/1 bits (sent packed), and
+        ``XOR_WORDS`` (0) for XOR-shared int64 words of 64 packed bits.
         """
         k = self.kernels
         bits = bits or [64] * len(shares)
         if self.is_dealer:
             return [k.zeros(k.shape(s)) for s in shares]
-        theirs = self.messenger.exchange(self.peer, [k.to_numpy(s) for s in shares], bits)
+        wire_bits = [64 if b == XOR_WORDS else b for b in bits]
+        theirs = self.messenger.exchange(self.peer, [k.to_numpy(s) for s in shares], wire_bits)
         out = []
         for mine, other, b in zip(shares, theirs, bits, strict=True):
             other_t = k.from_numpy(other)
-            if b == 1:
+            if b in (1, XOR_WORDS):
                 out.append(k.bit_xor(mine, other_t))
             elif b == 64:
                 out.append(k.add(mine, other_t))

@@ -115,8 +115,9 @@ def test_relu_exact_and_max(parties):
 def test_relu_cost_formula_for_mlp_layer(parties):
     x = np.linspace(-3, 3, 1000)
     _, nbytes, rounds = secure_eval(parties, functions.relu, x)
-    # open c: 8n; tree levels: 7*16, 7*4, 6*1 bits per element; bit injection: n/8 + 8n
-    assert nbytes == 8000 + 14000 + 3500 + 750 + 125 + 8000
+    # open c: 8n; tree levels: 7*16, 7*4, 6*1 bit-sliced words of 64 elements (16 words
+    # for 1000 elements); bit injection: n/8 + 8n
+    assert nbytes == 8000 + 8 * 16 * (7 * 16 + 7 * 4 + 6) + 125 + 8000
     assert rounds == 5
 
 
