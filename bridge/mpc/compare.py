@@ -4,8 +4,8 @@ Comparison (dealer-assisted, after Damgard et al. 2006 / SecureNN's private comp
 with a 4-ary carry tree and multi-input Beaver products over GF(2)):
 
 Let k = Numerics.compare_bits and x in [-2^(k-1), 2^(k-1)) (the whole ring for k=64).
-  1. The dealer draws r uniform mod 2^k and gives XOR shares of its bits r_0..r_{k-1}
-     (free: seeded) and arithmetic shares of r (8 bytes to P1).
+  1. The dealer draws r uniform (arithmetic shares, free: seeded) and gives XOR
+     shares of its bits r_0..r_{k-1}, bit-sliced (k bits per element to P1).
   2. y = x + 2^(k-1) lies in [0, 2^k) and y >= 2^(k-1)  <=>  x >= 0.
      Open c = y + r mod 2^k (one round, k bits per element).
   3. bit_{k-1}(y) = c_{k-1} xor r_{k-1} xor [c mod 2^(k-1) < r mod 2^(k-1)]
@@ -35,7 +35,7 @@ from itertools import combinations
 
 import numpy as np
 
-from bridge.mpc.kernels import Tensor
+from bridge.mpc.kernels import Tensor, bit_planes_np
 from bridge.mpc.party import XOR_WORDS, PartyContext
 from bridge.mpc.protocol import Shared, add_public
 
@@ -58,8 +58,7 @@ ALL_ONES = -1
 
 
 def _take(ctx: PartyContext, t: Tensor, index: int) -> Tensor:
-    k = ctx.kernels
-    return k.reshape(k.gather(t, np.array([index]), axis=0), k.shape(t)[1:])
+    return ctx.kernels.unstack(t)[index]
 
 
 def _public_bits(ctx: PartyContext, bits: Tensor) -> Tensor:
@@ -86,25 +85,28 @@ def and_monomials(ctx: PartyContext, variables: Tensor, monomials: list[tuple[in
     masks = ctx.corr_random_bits((len(used),) + shape, packed=True)
 
     def mask_products() -> Tensor:
-        rows = []
+        rows, plain = [], k.unstack(masks)
         for subset in subsets:
-            acc = _take(ctx, masks, slot[subset[0]])
+            acc = plain[slot[subset[0]]]
             for v in subset[1:]:
-                acc = k.bit_and(acc, _take(ctx, masks, slot[v]))
+                acc = k.bit_and(acc, plain[slot[v]])
             rows.append(acc)
         return k.stack(rows, axis=0)
 
     products = ctx.corr_derived_bits(mask_products, (len(subsets),) + shape, packed=True) if subsets else None
     chosen = k.gather(variables, np.array(used, dtype=np.int64), axis=0)
     (opened,) = ctx.open([k.bit_xor(chosen, masks)], bits=[XOR_WORDS])
-    e = {v: _take(ctx, opened, slot[v]) for v in used}
-    m = {v: _take(ctx, masks, slot[v]) for v in used}
+    opened_rows, mask_rows = k.unstack(opened), k.unstack(masks)
+    e = {v: opened_rows[slot[v]] for v in used}
+    m = {v: mask_rows[slot[v]] for v in used}
+    product_rows = k.unstack(products) if subsets else []
+    variable_rows = k.unstack(variables)
     index = {T: i for i, T in enumerate(subsets)}
 
     out = []
     for monomial in monomials:
         if len(monomial) == 1:
-            out.append(_take(ctx, variables, monomial[0]))
+            out.append(variable_rows[monomial[0]])
             continue
         s = tuple(sorted(monomial))
         acc = None
@@ -114,7 +116,7 @@ def and_monomials(ctx: PartyContext, variables: Tensor, monomials: list[tuple[in
                 if r == 0:
                     term = _public_bits(ctx, _and_all(ctx, [e[v] for v in rest]))
                 else:
-                    shared = m[T[0]] if r == 1 else _take(ctx, products, index[T])
+                    shared = m[T[0]] if r == 1 else product_rows[index[T]]
                     term = k.bit_and(shared, _and_all(ctx, [e[v] for v in rest])) if rest else shared
                 acc = term if acc is None else k.bit_xor(acc, term)
         out.append(acc)
@@ -160,16 +162,6 @@ def less_than_public(ctx: PartyContext, c_bits: Tensor, r_bits: Tensor) -> Tenso
     return _take(ctx, lt, 0)
 
 
-def _bit_planes(c: np.ndarray, nbits: int) -> np.ndarray:
-    """Public values (n,) -> bit-sliced planes (nbits, ceil(n/64)) as int64 words."""
-    n = c.shape[0]
-    words = -(-n // 64)
-    bits = ((c[None, :] >> np.arange(nbits, dtype=np.int64)[:, None]) & 1).astype(np.uint8)
-    bits = np.pad(bits, [(0, 0), (0, words * 64 - n)])
-    packed = np.packbits(bits.reshape(nbits, words, 64), axis=2, bitorder="little")
-    return np.ascontiguousarray(packed).view("<i8").reshape(nbits, words)
-
-
 def ge_zero(ctx: PartyContext, x: Shared) -> Bits:
     """XOR shares of [x >= 0]; exact for x in [-2^(k-1), 2^(k-1)), k = compare_bits."""
     k = ctx.kernels
@@ -177,21 +169,19 @@ def ge_zero(ctx: PartyContext, x: Shared) -> Bits:
     shape = k.shape(x.share)
     n = int(np.prod(shape, dtype=np.int64))
     words = -(-n // 64)
-    weights = np.left_shift(np.int64(1), np.arange(nbits, dtype=np.int64)).reshape(nbits, 1)
     with ctx.messenger.label("compare"):
-        r_planes = ctx.corr_random_bits((nbits, words), packed=True)
-        r = ctx.corr_derived(
-            lambda: k.sum(k.mul(k.unpack_bits(r_planes, n), ctx.public(weights)), axis=0), (n,)
+        r = ctx.corr_random((n,))
+        r_planes = ctx.corr_derived_bits(
+            lambda: ctx.public(bit_planes_np(k.to_numpy(r), nbits)), (nbits, words), packed=True
         )
         top = np.int64(1) << np.int64(nbits - 1)
         flat = k.reshape(x.share, (n,))
         y_plus_r = k.add(add_public(ctx, Shared(flat), ctx.public(np.array(top))).share, r)
         (c,) = ctx.open([y_plus_r], bits=[nbits])
-        c_planes = ctx.public(_bit_planes(k.to_numpy(c), nbits))
-        low = np.arange(nbits - 1)
-        borrow = less_than_public(ctx, k.gather(c_planes, low, axis=0), k.gather(r_planes, low, axis=0))
-        msb = k.bit_xor(borrow, _take(ctx, r_planes, nbits - 1))
-        msb = k.bit_xor(msb, _public_bits(ctx, _take(ctx, c_planes, nbits - 1)))
+        c_planes = k.unstack(ctx.public(bit_planes_np(k.to_numpy(c), nbits)))
+        r_rows = k.unstack(r_planes)
+        borrow = less_than_public(ctx, k.stack(c_planes[:-1], axis=0), k.stack(r_rows[:-1], axis=0))
+        msb = k.bit_xor(k.bit_xor(borrow, r_rows[-1]), _public_bits(ctx, c_planes[-1]))
         return Bits(k.reshape(k.unpack_bits(msb, n), shape))
 
 

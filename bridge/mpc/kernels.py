@@ -108,27 +108,44 @@ class RingKernels(ABC):
     @abstractmethod
     def stack(self, tensors: Sequence[Tensor], axis: int = 0) -> Tensor: ...
 
-    # -- bit slicing (defaults from the ops above; override for speed) ---------------------
+    # -- conveniences with defaults (override for speed) ---------------------------------
+    def unstack(self, a: Tensor) -> list[Tensor]:
+        """The slices along axis 0 (views where the framework allows)."""
+        rest = self.shape(a)[1:]
+        return [self.reshape(self.gather(a, np.array([i]), axis=0), rest) for i in range(self.shape(a)[0])]
+
     def pack_bits(self, bits: Tensor) -> Tensor:
         """0/1 values (..., n) -> int64 words (..., ceil(n / 64)); element j is bit j % 64."""
-        shape = self.shape(bits)
-        n = shape[-1]
-        words = -(-n // 64)
-        padded = self.pad(bits, [(0, 0)] * (len(shape) - 1) + [(0, words * 64 - n)])
-        grouped = self.reshape(padded, tuple(shape[:-1]) + (words, 64))
-        weights = self.from_numpy(np.left_shift(np.int64(1), np.arange(64, dtype=np.int64)))
-        return self.sum(self.mul(grouped, weights), axis=len(shape))
+        return self.from_numpy(pack_bits_np(self.to_numpy(bits)))
 
     def unpack_bits(self, words: Tensor, count: int) -> Tensor:
         """The inverse of ``pack_bits``: int64 words (..., w) -> 0/1 values (..., count)."""
-        shape = self.shape(words)
-        one = self.constant(1)
-        planes = [self.bit_and(self.shift_right(words, j), one) for j in range(64)]
-        bits = self.stack(planes, axis=len(shape))
-        flat = self.reshape(bits, tuple(shape[:-1]) + (shape[-1] * 64,))
-        return self.gather(flat, np.arange(count, dtype=np.int64), axis=len(shape) - 1)
+        return self.from_numpy(unpack_bits_np(self.to_numpy(words), count))
 
     # -- optional acceleration -----------------------------------------------------------
     def compile(self, fn):
         """Wrap a pure tensor function for speed (e.g. ``tf.function``); identity by default."""
         return fn
+
+
+def pack_bits_np(bits: np.ndarray) -> np.ndarray:
+    """NumPy bit slicing: (..., n) 0/1 -> (..., ceil(n/64)) int64 words, little-endian bit order."""
+    n = bits.shape[-1]
+    words = -(-n // 64)
+    padded = np.zeros(bits.shape[:-1] + (words * 64,), dtype=np.uint8)
+    padded[..., :n] = bits
+    packed = np.packbits(padded, axis=-1, bitorder="little")
+    return np.ascontiguousarray(packed).view("<i8").astype(np.int64, copy=False)
+
+
+def unpack_bits_np(words: np.ndarray, count: int) -> np.ndarray:
+    raw = np.ascontiguousarray(words.astype("<i8", copy=False)).view(np.uint8)
+    return np.unpackbits(raw, axis=-1, bitorder="little")[..., :count].astype(np.int64)
+
+
+def bit_planes_np(values: np.ndarray, nbits: int) -> np.ndarray:
+    """int64 values (n,) -> their low ``nbits`` bits as planes (nbits, ceil(n/64)) of packed words."""
+    n = values.shape[0]
+    bytes_ = np.ascontiguousarray(values.astype("<i8", copy=False)).view(np.uint8).reshape(n, 8)
+    bits = np.unpackbits(bytes_, axis=1, bitorder="little")[:, :nbits]  # (n, nbits)
+    return pack_bits_np(np.ascontiguousarray(bits.T))
