@@ -1,0 +1,263 @@
+"""Keras models, one per importer rule plus three whole models, checked against the IR reference.
+
+Importable (the in-process tests use ``CASES`` and ``check``) and runnable as
+``python -m tests.frontends.keras_check`` under any ``KERAS_BACKEND``: it prints
+one JSON line with the backend Keras actually used and, per case, the op kinds
+of the imported graph and max |reference - model.predict|.  KERAS_BACKEND is
+fixed when Keras is imported, so other backends are checked in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable[[], Any]
+    #: feature shapes of the model inputs, in model.inputs order
+    input_shapes: tuple[tuple[int, ...], ...]
+    #: op kinds of the imported graph, in node order
+    kinds: tuple[str, ...]
+    #: inputs are shifted by this much (e.g. all negative, so max-pool padding must not win)
+    shift: float = 0.0
+    #: Keras backends on which the import must be refused (UnsupportedLayerError)
+    refused_on: tuple[str, ...] = ()
+
+
+def randomize(model: Any, seed: int = 0) -> Any:
+    """Non-trivial weights everywhere: non-zero biases, BN statistics away from (0, 1)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        values = []
+        for v in layer.weights:
+            role = v.path.rsplit("/", 1)[-1]
+            if role == "moving_variance":
+                values.append(rng.uniform(0.5, 2.0, v.shape))
+            else:
+                values.append(rng.normal(0.0, 0.5, v.shape))
+        if values:
+            layer.set_weights([a.astype(np.float32) for a in values])
+    return model
+
+
+def _seq(shape: tuple[int, ...], *layers: Any) -> Callable[[], Any]:
+    def build() -> Any:
+        import keras
+
+        return keras.Sequential([keras.Input(shape, name="x"), *[make() for make in layers]])
+
+    return build
+
+
+def _layer(name: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
+    """A deferred ``keras.layers.<name>(*args, **kwargs)``: built after Keras is imported."""
+
+    def make() -> Any:
+        import keras
+
+        return getattr(keras.layers, name)(*args, **kwargs)
+
+    return make
+
+
+def _add_three() -> Any:
+    import keras
+
+    a, b, c = (keras.Input((4,), name=n) for n in "abc")
+    return keras.Model([a, b, c], keras.layers.Add()([a, b, c]))
+
+
+def _shared_dense() -> Any:
+    import keras
+
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    shared = keras.layers.Dense(3, activation="tanh", name="shared")
+    total = keras.layers.Add()([shared(a), shared(b)])
+    return keras.Model([a, b], [total, shared(total)])
+
+
+def mlp() -> Any:
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((20,), name="x"),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(12, activation="tanh"),
+            keras.layers.Dense(8, activation="sigmoid"),
+            keras.layers.Dense(5, activation="softmax"),
+        ],
+        name="mlp",
+    )
+
+
+def lenet() -> Any:
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((14, 14, 1), name="x"),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.AveragePooling2D(2),
+            keras.layers.Conv2D(6, 3, padding="same"),
+            keras.layers.ReLU(),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="relu"),
+            keras.layers.Dense(3, activation="softmax"),
+        ],
+        name="lenet",
+    )
+
+
+def residual_bn() -> Any:
+    import keras
+
+    inputs = keras.Input((6, 6, 2), name="x")
+    h = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Activation("relu")(h)
+    skip = keras.layers.Conv2D(4, 1)(inputs)
+    h = keras.layers.Add()([h, skip])
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Dense(8)(h)
+    h = keras.layers.BatchNormalization(epsilon=0.01)(h)
+    outputs = keras.layers.Dense(3, activation="sigmoid")(h)
+    return keras.Model(inputs, outputs, name="residual_bn")
+
+
+CASES: dict[str, Case] = {
+    "dense_linear": Case(_seq((5,), _layer("Dense", 3)), ((5,),), ("dense",)),
+    "dense_no_bias": Case(_seq((5,), _layer("Dense", 3, use_bias=False)), ((5,),), ("dense",)),
+    **{
+        f"dense_{act}": Case(_seq((5,), _layer("Dense", 4, activation=act)), ((5,),), ("dense", act))
+        for act in ("relu", "sigmoid", "tanh", "softmax")
+    },
+    "conv2d_valid": Case(_seq((7, 7, 2), _layer("Conv2D", 3, 3)), ((7, 7, 2),), ("conv2d",)),
+    "conv2d_same_strided_relu": Case(
+        _seq((7, 8, 3), _layer("Conv2D", 4, (2, 3), strides=2, padding="same", activation="relu")),
+        ((7, 8, 3),),
+        ("conv2d", "relu"),
+    ),
+    "conv2d_same_even_kernel_no_bias_tanh": Case(
+        _seq((6, 5, 1), _layer("Conv2D", 2, 4, padding="same", use_bias=False, activation="tanh")),
+        ((6, 5, 1),),
+        ("conv2d", "tanh"),
+    ),
+    "avg_pool_valid": Case(_seq((6, 6, 3), _layer("AveragePooling2D", 2)), ((6, 6, 3),), ("avg_pool2d",)),
+    # Columns pad (0, 1) and the last window holds two real cells: Keras' torch backend
+    # replicates the edge cell into that mean, TensorFlow divides by the real cells.
+    "avg_pool_same_uneven": Case(
+        _seq((7, 6, 2), _layer("AveragePooling2D", 3, strides=2, padding="same")),
+        ((7, 6, 2),),
+        ("avg_pool2d",),
+        refused_on=("torch",),
+    ),
+    # Pads (0, 1) too, but the padded window holds one real cell: every backend agrees.
+    "avg_pool_same_odd_size": Case(
+        _seq((7, 7, 2), _layer("AveragePooling2D", 2, padding="same")), ((7, 7, 2),), ("avg_pool2d",)
+    ),
+    "avg_pool_same_even_pads": Case(
+        _seq((7, 7, 1), _layer("AveragePooling2D", 3, strides=2, padding="same")), ((7, 7, 1),), ("avg_pool2d",)
+    ),
+    "avg_pool_same_stride1": Case(
+        _seq((5, 5, 2), _layer("AveragePooling2D", 2, strides=1, padding="same")), ((5, 5, 2),), ("avg_pool2d",)
+    ),
+    "max_pool_valid_rect": Case(
+        _seq((6, 7, 2), _layer("MaxPooling2D", (2, 3), strides=(1, 2))), ((6, 7, 2),), ("max_pool2d",)
+    ),
+    "max_pool_same_negative": Case(
+        _seq((7, 7, 2), _layer("MaxPooling2D", 3, strides=2, padding="same")),
+        ((7, 7, 2),),
+        ("max_pool2d",),
+        shift=-3.0,
+    ),
+    "global_avg_pool": Case(_seq((4, 5, 3), _layer("GlobalAveragePooling2D")), ((4, 5, 3),), ("global_avg_pool2d",)),
+    "flatten": Case(_seq((3, 4, 2), _layer("Flatten")), ((3, 4, 2),), ("flatten",)),
+    "reshape": Case(_seq((12,), _layer("Reshape", (2, -1, 3))), ((12,),), ("reshape",)),
+    **{
+        f"activation_{act}": Case(_seq((6,), _layer("Activation", act)), ((6,),), (kind,))
+        for act, kind in (
+            ("relu", "relu"), ("sigmoid", "sigmoid"), ("tanh", "tanh"), ("softmax", "softmax"), ("linear", "identity")
+        )
+    },
+    "relu_layer": Case(_seq((6,), _layer("ReLU")), ((6,),), ("relu",)),
+    "softmax_layer": Case(_seq((2, 5), _layer("Softmax")), ((2, 5),), ("softmax",)),
+    "dropout": Case(_seq((6,), _layer("Dropout", 0.5)), ((6,),), ("identity",)),
+    "batch_norm_dense": Case(_seq((6,), _layer("BatchNormalization", epsilon=0.1)), ((6,),), ("batch_norm",)),
+    "batch_norm_nhwc_no_center": Case(
+        _seq((3, 3, 4), _layer("BatchNormalization", center=False)), ((3, 3, 4),), ("batch_norm",)
+    ),
+    "batch_norm_no_scale_no_center": Case(
+        _seq((5,), _layer("BatchNormalization", center=False, scale=False)), ((5,),), ("batch_norm",)
+    ),
+    "add_three_inputs": Case(_add_three, ((4,), (4,), (4,)), ("add",)),
+    "shared_dense_two_outputs": Case(
+        _shared_dense, ((3,), (3,)), ("dense", "tanh", "dense", "tanh", "add", "dense", "tanh")
+    ),
+    "mlp": Case(mlp, ((20,),), ("dense", "relu", "identity", "dense", "tanh", "dense", "sigmoid", "dense", "softmax")),
+    "lenet": Case(
+        lenet,
+        ((14, 14, 1),),
+        ("conv2d", "relu", "avg_pool2d", "conv2d", "relu", "max_pool2d", "flatten", "dense", "relu", "dense",
+         "softmax"),
+    ),
+    "residual_bn": Case(
+        residual_bn,
+        ((6, 6, 2),),
+        ("conv2d", "conv2d", "batch_norm", "relu", "add", "global_avg_pool2d", "dense", "batch_norm", "dense",
+         "sigmoid"),
+    ),
+}
+
+
+def case_inputs(case: Case, batch: int = 5, seed: int = 1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(0.0, 1.0, (batch, *s)) + case.shift).astype(np.float32) for s in case.input_shapes]
+
+
+def check(name: str) -> dict[str, Any]:
+    """``{"kinds": op kinds of the imported graph, "error": max |reference - model.predict|}``,
+    or ``{"refused": message}`` when the importer raised ``UnsupportedLayerError``."""
+    from bridge.reference import run_reference
+    from frontends.keras import UnsupportedLayerError, to_ir
+
+    case = CASES[name]
+    model = randomize(case.build())
+    xs = case_inputs(case)
+    try:
+        program, weights = to_ir(model)
+    except UnsupportedLayerError as exc:
+        return {"refused": str(exc)}
+    kinds = [n.op.kind for n in program.graph.nodes]
+    got = run_reference(program, weights, dict(zip(program.graph.inputs, xs, strict=True)))
+    expected = model.predict(xs if len(xs) > 1 else xs[0], verbose=0)
+    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    error = 0.0
+    for out, want in zip(got.values(), expected, strict=True):
+        if out.shape != np.shape(want):
+            return {"kinds": kinds, "error": float("inf")}
+        error = max(error, float(np.max(np.abs(out - np.asarray(want, dtype=np.float64)))))
+    return {"kinds": kinds, "error": error}
+
+
+def main(names: list[str]) -> None:
+    import keras
+
+    results = {name: check(name) for name in names or list(CASES)}
+    print(json.dumps({"backend": keras.backend.backend(), "results": results}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

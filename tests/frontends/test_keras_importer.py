@@ -1,0 +1,272 @@
+"""The Keras importer: structure, parameters and refusals here; values vs ``model.predict``
+under each Keras backend in a subprocess (KERAS_BACKEND is fixed at import time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from bridge.ir import Numerics, Placement, PrivacyMode
+from frontends.keras import UnsupportedLayerError, to_ir
+from tests.frontends.keras_check import CASES, randomize
+
+ROOT = Path(__file__).resolve().parents[2]
+TOLERANCE = 1e-5
+
+
+# -- every case under both Keras backends ----------------------------------------------------------
+
+@pytest.mark.parametrize("keras_backend", ["tensorflow", "torch"])
+def test_every_case_matches_predict(keras_backend):
+    env = dict(os.environ, KERAS_BACKEND=keras_backend, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.frontends.keras_check"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert report["backend"] == keras_backend
+    assert set(report["results"]) == set(CASES)
+    failures = []
+    for name, case in CASES.items():
+        result = report["results"][name]
+        if keras_backend in case.refused_on:
+            if "AveragePooling2D layer" not in result.get("refused", "") or "KERAS_BACKEND='torch'" not in result["refused"]:
+                failures.append(f"{name}: expected a refusal, got {result}")
+        elif "refused" in result:
+            failures.append(f"{name}: refused: {result['refused']}")
+        elif tuple(result["kinds"]) != case.kinds or not result["error"] <= TOLERANCE:
+            failures.append(f"{name}: kinds {result['kinds']} (expected {list(case.kinds)}), error {result['error']}")
+    assert not failures, "\n".join(failures)
+
+
+# -- structure and parameters ----------------------------------------------------------------------
+
+def test_activation_is_its_own_node_and_output_keeps_the_layer_name():
+    model = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(2, activation="relu", name="d")])
+    program, _ = to_ir(model)
+    nodes = program.graph.nodes
+    assert [(n.name, n.op.kind, n.inputs, n.output) for n in nodes] == [
+        ("d", "dense", ("x",), "d/pre_activation"),
+        ("d/relu", "relu", ("d/pre_activation",), "d"),
+    ]
+    assert list(program.graph.inputs) == ["x"] and list(program.graph.outputs) == ["d"]
+    assert program.graph.outputs["d"].shape == (None, 2)
+
+
+def test_parameters_are_named_layer_slash_role_and_hold_the_keras_weights():
+    model = randomize(
+        keras.Sequential(
+            [
+                keras.Input((5, 5, 2), name="img"),
+                keras.layers.Conv2D(3, 2, name="conv"),
+                keras.layers.Flatten(name="flat"),
+                keras.layers.Dense(4, use_bias=False, name="head"),
+            ]
+        )
+    )
+    program, weights = to_ir(model)
+    params = program.graph.parameters
+    assert set(params) == set(weights) == {"conv/kernel", "conv/bias", "head/kernel"}
+    kernel, bias = model.get_layer("conv").get_weights()
+    assert np.array_equal(weights["conv/kernel"], kernel) and np.array_equal(weights["conv/bias"], bias)
+    assert np.array_equal(weights["head/kernel"], model.get_layer("head").get_weights()[0])
+    assert params["conv/kernel"].shape == (2, 2, 2, 3) and params["head/kernel"].shape == (48, 4)
+    assert all(w.dtype == np.float32 and params[n].dtype == "float32" for n, w in weights.items())
+    assert program.graph.node("conv").params == {"kernel": "conv/kernel", "bias": "conv/bias"}
+    assert program.graph.node("head").op.use_bias is False
+
+
+def test_conv_and_pool_options_carry_over():
+    model = keras.Sequential(
+        [
+            keras.Input((9, 9, 1)),
+            keras.layers.Conv2D(2, (3, 2), strides=(2, 1), padding="same", name="c"),
+            keras.layers.MaxPooling2D((2, 3), name="m"),
+            keras.layers.AveragePooling2D(2, strides=1, padding="same", name="a"),
+        ]
+    )
+    program, _ = to_ir(model)
+    c, m, a = (program.graph.node(n).op for n in "cma")
+    assert (c.filters, c.kernel_size, c.strides, c.padding) == (2, (3, 2), (2, 1), "same")
+    assert (m.pool_size, m.strides, m.padding) == ((2, 3), (2, 3), "valid")  # strides default to the window
+    assert (a.pool_size, a.strides, a.padding) == ((2, 2), (1, 1), "same")
+
+
+def test_batch_norm_without_center_and_scale_gets_unit_gamma_and_zero_beta():
+    model = randomize(
+        keras.Sequential(
+            [keras.Input((4,)), keras.layers.BatchNormalization(center=False, scale=False, epsilon=0.02, name="bn")]
+        )
+    )
+    program, weights = to_ir(model)
+    node = program.graph.node("bn")
+    assert node.op.epsilon == pytest.approx(0.02)
+    assert np.array_equal(weights["bn/gamma"], np.ones(4, np.float32))
+    assert np.array_equal(weights["bn/beta"], np.zeros(4, np.float32))
+    mean, var = model.get_layer("bn").get_weights()
+    assert np.array_equal(weights["bn/moving_mean"], mean) and np.array_equal(weights["bn/moving_variance"], var)
+    assert not any(spec.trainable for spec in program.graph.parameters.values())
+
+
+def test_batch_norm_statistics_are_frozen_and_gamma_beta_trainable():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="bn")])
+    params = to_ir(model)[0].graph.parameters
+    assert {n: s.trainable for n, s in params.items()} == {
+        "bn/gamma": True, "bn/beta": True, "bn/moving_mean": False, "bn/moving_variance": False
+    }
+
+
+def test_shared_layer_declares_its_parameters_once():
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    shared = keras.layers.Dense(3, name="shared")
+    model = keras.Model([a, b], keras.layers.Add(name="sum")([shared(a), shared(b)]))
+    program, weights = to_ir(model)
+    dense_nodes = [n for n in program.graph.nodes if n.op.kind == "dense"]
+    assert [n.name for n in dense_nodes] == ["shared", "shared_1"]
+    assert all(n.params == {"kernel": "shared/kernel", "bias": "shared/bias"} for n in dense_nodes)
+    assert set(weights) == {"shared/kernel", "shared/bias"}
+    assert program.graph.node("sum").inputs == ("shared", "shared_1")
+    assert list(program.graph.inputs) == ["a", "b"]
+
+
+def test_to_ir_options_and_default_placement():
+    model = keras.Sequential([keras.Input((2,), name="x"), keras.layers.Dense(1, name="y")], name="tiny")
+    program, _ = to_ir(model)
+    assert program.name == "tiny" and program.privacy == PrivacyMode.NONE
+    assert program.placement == Placement.default(["x"], ["y"])
+    placement = Placement.default(["x"], ["y"], data_owner="alice")
+    numerics = Numerics(frac_bits=12)
+    program, _ = to_ir(model, name="other", placement=placement, numerics=numerics, privacy="encrypted_serving")
+    assert (program.name, program.placement, program.numerics) == ("other", placement, numerics)
+    assert program.privacy == PrivacyMode.ENCRYPTED_SERVING
+
+
+def test_sequential_built_without_input_layer():
+    model = keras.Sequential([keras.layers.Dense(2, name="d")])
+    model.build((None, 4))
+    program, _ = to_ir(model)
+    (spec,) = program.graph.inputs.values()
+    assert spec.shape == (None, 4) and program.graph.node("d").op.units == 2
+
+
+# -- refusals --------------------------------------------------------------------------------------
+
+def _seq(input_shape, *layers):
+    return keras.Sequential([keras.Input(input_shape), *layers])
+
+
+REFUSALS = {
+    "lstm": (
+        lambda: _seq((4, 3), keras.layers.LSTM(2, name="lstm")),
+        "LSTM layer 'lstm' is not supported; privacy-bridge supports the Keras layers ['Activation', 'Add', ",
+    ),
+    "conv_dilation": (
+        lambda: _seq((8, 8, 1), keras.layers.Conv2D(2, 3, dilation_rate=2, name="conv")),
+        "Conv2D layer 'conv' has dilation_rate=(2, 2); privacy-bridge supports dilation_rate=1 only",
+    ),
+    "conv_groups": (
+        lambda: _seq((8, 8, 4), keras.layers.Conv2D(2, 3, groups=2, name="conv")),
+        "Conv2D layer 'conv' has groups=2; privacy-bridge supports groups=1 only",
+    ),
+    "relu_max_value": (
+        lambda: _seq((4,), keras.layers.ReLU(max_value=6, name="relu6")),
+        "ReLU layer 'relu6' has max_value=6; privacy-bridge supports ReLU with its defaults only (max_value=None)",
+    ),
+    "relu_negative_slope": (
+        lambda: _seq((4,), keras.layers.ReLU(negative_slope=0.1, name="r")),
+        "ReLU layer 'r' has negative_slope=0.1; privacy-bridge supports ReLU with its defaults only",
+    ),
+    "dense_gelu": (
+        lambda: _seq((4,), keras.layers.Dense(2, activation="gelu", name="d")),
+        "Dense layer 'd' has activation='gelu'; privacy-bridge supports activation in ['linear', 'relu', ",
+    ),
+    "activation_elu": (
+        lambda: _seq((4,), keras.layers.Activation("elu", name="act")),
+        "Activation layer 'act' has activation='elu'",
+    ),
+    "dense_on_rank3": (
+        lambda: _seq((4, 3), keras.layers.Dense(2, name="d")),
+        "Dense layer 'd' has an input of shape (None, 4, 3); privacy-bridge supports Dense on rank-2 inputs",
+    ),
+    "batch_norm_axis1": (
+        lambda: _seq((4, 4, 2), keras.layers.BatchNormalization(axis=1, name="bn")),
+        "BatchNormalization layer 'bn' has axis=1; privacy-bridge supports normalisation over the last axis only",
+    ),
+    "global_pool_keepdims": (
+        lambda: _seq((4, 4, 2), keras.layers.GlobalAveragePooling2D(keepdims=True, name="g")),
+        "GlobalAveragePooling2D layer 'g' has keepdims=True; privacy-bridge supports keepdims=False only",
+    ),
+    "pool_channels_first": (
+        lambda: _seq((2, 4, 4), keras.layers.MaxPooling2D(2, data_format="channels_first", name="p")),
+        "MaxPooling2D layer 'p' has data_format='channels_first'; privacy-bridge supports data_format='channels_last'",
+    ),
+    "leaky_relu": (
+        lambda: _seq((4,), keras.layers.LeakyReLU(name="leaky")),
+        "LeakyReLU layer 'leaky' is not supported",
+    ),
+    "nested_model": (
+        lambda: _seq((4,), keras.Sequential([keras.layers.Dense(2)], name="inner")),
+        "Sequential layer 'inner' is not supported",
+    ),
+    "variable_input_shape": (
+        lambda: _seq((None, None, 3), keras.layers.GlobalAveragePooling2D()),
+        "has shape (None, None, None, 3); privacy-bridge supports inputs of fixed feature shape",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_unsupported_layer_or_option_is_refused_by_name(case):
+    build, message = REFUSALS[case]
+    with pytest.raises(UnsupportedLayerError) as info:
+        to_ir(build())
+    assert message in str(info.value)
+
+
+def test_refusal_carries_layer_class_and_option():
+    with pytest.raises(UnsupportedLayerError) as info:
+        to_ir(_seq((8, 8, 1), keras.layers.Conv2D(2, 3, dilation_rate=2, name="conv")))
+    assert (info.value.layer_name, info.value.layer_class, info.value.option) == (
+        "conv", "Conv2D", "dilation_rate=(2, 2)"
+    )
+
+
+def test_ops_on_symbolic_tensors_are_refused_with_the_layer_to_use():
+    a, b = keras.Input((3,)), keras.Input((3,))
+    model = keras.Model([a, b], keras.ops.add(a, b))
+    with pytest.raises(UnsupportedLayerError, match=r"keras\.layers\.Add instead of keras\.ops\.add"):
+        to_ir(model)
+
+
+def test_dropout_forced_on_at_inference_is_refused():
+    x = keras.Input((3,))
+    model = keras.Model(x, keras.layers.Dropout(0.5, name="drop")(x, training=True))
+    with pytest.raises(UnsupportedLayerError, match=r"Dropout layer 'drop' has training=True in its call"):
+        to_ir(model)
+
+
+def test_subclass_of_a_supported_layer_is_refused():
+    class MyDense(keras.layers.Dense):
+        pass
+
+    with pytest.raises(UnsupportedLayerError, match=r"MyDense layer 'mine' is not supported"):
+        to_ir(_seq((3,), MyDense(2, name="mine")))
+
+
+def test_subclassed_and_unbuilt_models_are_refused():
+    class Net(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(TypeError, match=r"expects a Sequential or functional keras.Model, received Net"):
+        to_ir(Net())
+    with pytest.raises(ValueError, match=r"has no input shape yet.*keras.Input"):
+        to_ir(keras.Sequential([keras.layers.Dense(2)]))
