@@ -125,6 +125,9 @@ class TfKernels(RingKernels):
     def stack(self, tensors: Sequence[tf.Tensor], axis: int = 0) -> tf.Tensor:
         return tf.stack(list(tensors), axis=axis)
 
+    def unstack(self, a: tf.Tensor) -> list[tf.Tensor]:
+        return tf.unstack(a, axis=0)
+
     # -- optional acceleration -----------------------------------------------------------------
     def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Identity, by measurement (TF 2.21, CPU): ``tf.function`` is no faster than eager

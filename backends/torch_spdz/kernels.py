@@ -265,3 +265,6 @@ class TorchKernels(RingKernels):
 
     def stack(self, tensors: Sequence[torch.Tensor], axis: int = 0) -> torch.Tensor:
         return torch.stack(list(tensors), dim=axis)
+
+    def unstack(self, a: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.unbind(a, 0))  # views: no copies, one dispatch
