@@ -30,12 +30,13 @@ Bit injection [b * x] (b XOR-shared, x arithmetic), one round:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
 
-from bridge.mpc.kernels import Tensor, bit_planes_np
+from bridge.mpc.kernels import RingKernels, Tensor, bit_planes_np
 from bridge.mpc.party import XOR_WORDS, PartyContext
 from bridge.mpc.protocol import Shared, add_public
 
@@ -98,38 +99,59 @@ def and_monomials(ctx: PartyContext, variables: Tensor, monomials: list[tuple[in
         return [k.zeros(shape) for _ in monomials]
     chosen = k.gather(variables, np.array(used, dtype=np.int64), axis=0)
     (opened,) = ctx.open([k.bit_xor(chosen, masks)], bits=[XOR_WORDS])
-    opened_rows, mask_rows = k.unstack(opened), k.unstack(masks)
-    e = {v: opened_rows[slot[v]] for v in used}
-    m = {v: mask_rows[slot[v]] for v in used}
-    product_rows = k.unstack(products) if subsets else []
-    variable_rows = k.unstack(variables)
+    expand = _monomial_expander(k, tuple(monomials), ctx.index == 0)
+    stacked = expand(opened, masks, products if subsets else masks, variables)
+    return k.unstack(stacked)
+
+
+_EXPANDERS: dict[tuple[int, tuple[tuple[int, ...], ...], bool], Callable] = {}
+
+
+def _monomial_expander(k: RingKernels, monomials: tuple[tuple[int, ...], ...], is_p0: bool) -> Callable:
+    """The local half of ``and_monomials`` as one pure function, compiled once per structure.
+
+    prod_{v in S} (e_v ^ m_v) = xor over T subset S of (AND of e over S\T) & [m_T];
+    the public e-products are shared between terms (memoized), [m_T] is the dealer's.
+    """
+    key = (id(k), monomials, is_p0)
+    if key in _EXPANDERS:
+        return _EXPANDERS[key]
+    used = sorted({v for m in monomials if len(m) > 1 for v in m})
+    slot = {v: i for i, v in enumerate(used)}
+    subsets = sorted(
+        {T for m in monomials if len(m) > 1 for r in range(2, len(m) + 1) for T in combinations(sorted(m), r)}
+    )
     index = {T: i for i, T in enumerate(subsets)}
 
-    out = []
-    for monomial in monomials:
-        if len(monomial) == 1:
-            out.append(variable_rows[monomial[0]])
-            continue
-        s = tuple(sorted(monomial))
-        acc = None
-        for r in range(0, len(s) + 1):
-            for T in combinations(s, r):
-                rest = [v for v in s if v not in T]
-                if r == 0:
-                    term = _public_bits(ctx, _and_all(ctx, [e[v] for v in rest]))
-                else:
-                    shared = m[T[0]] if r == 1 else product_rows[index[T]]
-                    term = k.bit_and(shared, _and_all(ctx, [e[v] for v in rest])) if rest else shared
-                acc = term if acc is None else k.bit_xor(acc, term)
-        out.append(acc)
-    return out
+    def expand(opened: Tensor, masks: Tensor, products: Tensor, variables: Tensor) -> Tensor:
+        e_rows, m_rows, p_rows, v_rows = (k.unstack(t) for t in (opened, masks, products, variables))
+        e_products: dict[tuple[int, ...], Tensor] = {}
 
+        def e_product(vs: tuple[int, ...]) -> Tensor:
+            if vs not in e_products:
+                e_products[vs] = (
+                    e_rows[slot[vs[0]]] if len(vs) == 1 else k.bit_and(e_product(vs[:-1]), e_rows[slot[vs[-1]]])
+                )
+            return e_products[vs]
 
-def _and_all(ctx: PartyContext, tensors: list[Tensor]) -> Tensor:
-    acc = tensors[0]
-    for t in tensors[1:]:
-        acc = ctx.kernels.bit_and(acc, t)
-    return acc
+        out = []
+        for monomial in monomials:
+            if len(monomial) == 1:
+                out.append(v_rows[monomial[0]])
+                continue
+            s = tuple(sorted(monomial))
+            acc = e_product(s) if is_p0 else None  # the all-public term: P0 only
+            for r in range(1, len(s) + 1):
+                for T in combinations(s, r):
+                    rest = tuple(v for v in s if v not in T)
+                    shared = m_rows[slot[T[0]]] if r == 1 else p_rows[index[T]]
+                    term = k.bit_and(shared, e_product(rest)) if rest else shared
+                    acc = term if acc is None else k.bit_xor(acc, term)
+            out.append(acc)
+        return k.stack(out, axis=0)
+
+    _EXPANDERS[key] = k.compile(expand)
+    return _EXPANDERS[key]
 
 
 def less_than_public(ctx: PartyContext, c_bits: Tensor, r_bits: Tensor) -> Tensor:

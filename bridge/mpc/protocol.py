@@ -172,7 +172,8 @@ def beaver(
     Beaver (1991), as in SPDZ:
       1. The dealer draws a, b and shares c = f(a, b).
       2. Open E = x - a and F = y - b (one round; F is already open if y is Masked).
-      3. [z] = [c] + f(E, [b]) + f([a], F) + f(E, F), the last term added by P0.
+      3. [z] = [c] + f(E, [b]) + f([a], F) + f(E, F), the last term added by P0
+         (computed as f(E, b0 + F) so that each party runs two products).
     Rounds 1; bytes per compute party: 8 * (|x| + |y|), or 8 * |x| for a masked y.
     Dealer -> P1: 8 * |f(x, y)|.  No truncation: the caller rescales.
     """
@@ -190,10 +191,9 @@ def beaver(
         opened_f = y.opened
     else:
         e, opened_f = ctx.open([k.sub(x.share, a), k.sub(y_share, b)])
-    z = k.add(k.add(c, f(e, b)), f(a, opened_f))
-    if ctx.index == 0:
-        z = k.add(z, f(e, opened_f))
-    return Shared(z)
+    # P0 folds f(E, F) into f(E, b0 + F): two products per party instead of three.
+    b_mine = k.add(b, opened_f) if ctx.index == 0 else b
+    return Shared(k.add(k.add(c, f(e, b_mine)), f(a, opened_f)))
 
 
 def _operand_shape(ctx: PartyContext, y: Shared | Masked) -> tuple[int, ...]:
