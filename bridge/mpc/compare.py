@@ -110,7 +110,7 @@ _EXPANDERS: dict[tuple[int, tuple[tuple[int, ...], ...], bool], Callable] = {}
 def _monomial_expander(k: RingKernels, monomials: tuple[tuple[int, ...], ...], is_p0: bool) -> Callable:
     """The local half of ``and_monomials`` as one pure function, compiled once per structure.
 
-    prod_{v in S} (e_v ^ m_v) = xor over T subset S of (AND of e over S\T) & [m_T];
+    prod_{v in S} (e_v ^ m_v) = xor over T subset S of (AND of e over S minus T) & [m_T];
     the public e-products are shared between terms (memoized), [m_T] is the dealer's.
     """
     key = (id(k), monomials, is_p0)
