@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
+from bridge.ir.ops import OP_KINDS, OPSET_VERSION
 from bridge.ir.program import SCHEMA_VERSION, Program
 from bridge.ir.validate import IRValidationError, validate_program, validate_weights
 
@@ -45,10 +46,26 @@ def program_from_json(text: str) -> Program:
             f"program has schema_version {version!r}; this privacy-bridge reads version "
             f"{SCHEMA_VERSION}. Re-export the model with this version."
         )
+    _check_op_kinds(raw)
     try:
         return Program.model_validate(raw)
     except ValidationError as exc:
         raise IRValidationError(f"program file does not match the IR schema:\n{exc}") from exc
+
+
+def _check_op_kinds(raw: dict) -> None:
+    """Name the node whose op this opset does not define (pydantic would give only its index)."""
+    graph = raw.get("graph")
+    nodes = graph.get("nodes") if isinstance(graph, dict) else None
+    for node in nodes if isinstance(nodes, list) else []:
+        op = node.get("op") if isinstance(node, dict) else None
+        kind = op.get("kind") if isinstance(op, dict) else None
+        if isinstance(kind, str) and kind not in OP_KINDS:
+            raise IRValidationError(
+                f"node {node.get('name')!r} uses op kind {kind!r}, which opset v{OPSET_VERSION} does not "
+                f"define; known kinds: {list(OP_KINDS)}. Upgrade privacy-bridge or re-export the model "
+                "with ops this version supports."
+            )
 
 
 def load_program(directory: str | Path) -> tuple[Program, Weights]:
