@@ -11,7 +11,7 @@ and call index), ``layer.get_config()``, ``layer.weights`` / ``get_weights()``.
 Nothing here depends on ``KERAS_BACKEND``.
 
 Naming: graph inputs are named after their ``InputLayer``; a layer's output value
-is the layer's name (``name_2`` etc. for later calls of a shared layer);
+is the layer's name (``name/call1`` etc. for later calls of a shared layer);
 parameters are ``f"{layer.name}/{role}"`` (roles: kernel, bias, gamma, beta,
 moving_mean, moving_variance).
 """
@@ -396,8 +396,10 @@ def _history(entry: Any) -> list[tuple[str, int, int]]:
     return []
 
 
-def _endpoints(raw: list[Any]) -> list[tuple[str, int, int]]:
-    """``input_layers`` / ``output_layers``: one [name, call, tensor] triple, or a list of them."""
+def _endpoints(raw: Any) -> list[tuple[str, int, int]]:
+    """``input_layers`` / ``output_layers``: one [name, call, tensor] triple, a list or a dict of them."""
+    if isinstance(raw, dict):
+        raw = list(raw.values())
     if raw and isinstance(raw[0], str):
         raw = [raw]
     return [(str(n), int(c), int(t)) for n, c, t in raw]
@@ -441,7 +443,8 @@ def _functional(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[st
             if any(t != 0 for _, _, t in reads):
                 raise UnsupportedLayerError(layer.name, type(layer).__name__, "an input from a multi-output layer",
                                             "single-output layers only")
-            value = layer.name if index == 0 else f"{layer.name}_{index}"
+            # Keras names never hold '/', so later calls of a shared layer cannot clash with a layer.
+            value = layer.name if index == 0 else f"{layer.name}/call{index}"
             _apply(layer, [values[(n, c)] for n, c, _ in reads], value, value, b)
             values[(layer.name, index)] = value
         pending = [p for p in pending if p not in ready]

@@ -125,16 +125,26 @@ def test_batch_norm_statistics_are_frozen_and_gamma_beta_trainable():
 
 
 def test_shared_layer_declares_its_parameters_once():
+    # A second layer auto-named like a shared layer's second call must not clash with it.
     a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
     shared = keras.layers.Dense(3, name="shared")
-    model = keras.Model([a, b], keras.layers.Add(name="sum")([shared(a), shared(b)]))
+    total = keras.layers.Add(name="sum")([shared(a), shared(b)])
+    model = keras.Model([a, b], keras.layers.Dense(2, name="shared_1")(total))
     program, weights = to_ir(model)
     dense_nodes = [n for n in program.graph.nodes if n.op.kind == "dense"]
-    assert [n.name for n in dense_nodes] == ["shared", "shared_1"]
-    assert all(n.params == {"kernel": "shared/kernel", "bias": "shared/bias"} for n in dense_nodes)
-    assert set(weights) == {"shared/kernel", "shared/bias"}
-    assert program.graph.node("sum").inputs == ("shared", "shared_1")
-    assert list(program.graph.inputs) == ["a", "b"]
+    assert [n.name for n in dense_nodes] == ["shared", "shared/call1", "shared_1"]
+    assert dense_nodes[0].params == dense_nodes[1].params == {"kernel": "shared/kernel", "bias": "shared/bias"}
+    assert set(weights) == {"shared/kernel", "shared/bias", "shared_1/kernel", "shared_1/bias"}
+    assert program.graph.node("sum").inputs == ("shared", "shared/call1")
+    assert list(program.graph.inputs) == ["a", "b"] and list(program.graph.outputs) == ["shared_1"]
+
+
+def test_dict_outputs_follow_the_model_output_order():
+    x = keras.Input((3,), name="x")
+    model = keras.Model(x, {"p": keras.layers.Dense(2, name="p")(x), "q": keras.layers.ReLU(name="q")(x)})
+    program, _ = to_ir(model)
+    assert set(program.graph.outputs) == {"p", "q"}
+    assert program.graph.outputs["p"].shape == (None, 2) and program.graph.outputs["q"].shape == (None, 3)
 
 
 def test_to_ir_options_and_default_placement():
