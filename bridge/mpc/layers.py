@@ -18,6 +18,7 @@ from bridge.im2col import Im2ColPlan, im2col_plan
 from bridge.ir import Node, Program
 from bridge.ir import ops as irops
 from bridge.mpc import functions
+from bridge.mpc.compare import ge_zero, mul_bit
 from bridge.mpc.kernels import RingKernels, Tensor
 from bridge.mpc.party import PartyContext
 from bridge.mpc.protocol import Masked, Shared, add, add_public, beaver, mul, mul_public, truncate
@@ -29,6 +30,8 @@ Param = Shared | Masked
 class LayerEnv:
     ctx: PartyContext
     params: Mapping[str, Param]
+    #: keep what the backward pass needs (max-pool's argmax selection); serving skips it
+    training: bool = False
 
     def param(self, node: Node, role: str) -> Param:
         return self.params[node.params[role]] if role in node.params else self.params[f"{node.name}/{role}"]
@@ -181,8 +184,62 @@ def _max_pool2d(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, An
     else:
         patches = _pool_patches(k, plan, x.share, c)
     window_first = Shared(k.transpose(patches, (2, 0, 1, 3)))
+    if env.training:
+        best, selection = max_with_selection(ctx, window_first)
+        return Shared(k.reshape(best.share, (n, plan.out_h, plan.out_w, c))), (plan, selection)
     best = functions.max_axis0(ctx, window_first)
     return Shared(k.reshape(best.share, (n, plan.out_h, plan.out_w, c))), plan
+
+
+def max_with_selection(ctx: PartyContext, x: Shared) -> tuple[Shared, Shared]:
+    """(max over axis 0, [one-hot of the winner over axis 0]): the tree of ``max_axis0``
+    that also carries, for each candidate, which original entry it is.
+
+    At each level the pair (lo, hi) gives (max, [lo >= hi]) and the winner's selection
+    is sel_hi + [lo >= hi] (sel_lo - sel_hi): local on the first level (public one-hots),
+    one Beaver product of |sel| + |bit| elements on each later level (no truncation:
+    bits and selections are integers).  Ties go to lo.  The selection is integer 0/1.
+    """
+    k = ctx.kernels
+    shape = k.shape(x.share)
+    n, rest = shape[0], tuple(shape[1:])
+    one_hot = np.eye(n, dtype=np.int64).reshape((n, n) + (1,) * len(rest))
+    public_sel: np.ndarray | None = one_hot
+    sel: Shared | None = None
+    with ctx.messenger.label("max_select"):
+        while k.shape(x.share)[0] > 1:
+            m = k.shape(x.share)[0]
+            half = m // 2
+            lo = Shared(k.gather(x.share, np.arange(half), axis=0))
+            hi = Shared(k.gather(x.share, np.arange(half, 2 * half), axis=0))
+            best, bit = functions.maximum(ctx, lo, hi)
+            bit = Shared(k.reshape(bit.share, (half, 1) + rest))
+            if public_sel is not None:
+                lo_sel, hi_sel = public_sel[:half], public_sel[half : 2 * half]
+                picked = Shared(k.mul(bit.share, ctx.public(lo_sel - hi_sel)))
+                chosen = add_public(ctx, picked, ctx.public(hi_sel))
+                tail = Shared(_public_share(ctx, public_sel[2 * half :], rest)) if m % 2 else None
+            else:
+                assert sel is not None
+                lo_sel = Shared(k.gather(sel.share, np.arange(half), axis=0))
+                hi_sel = Shared(k.gather(sel.share, np.arange(half, 2 * half), axis=0))
+                diff = Shared(k.sub(lo_sel.share, hi_sel.share))
+                picked = beaver(ctx, diff, bit, k.mul, (half, n) + rest)
+                chosen = add(ctx, hi_sel, picked)
+                tail = Shared(k.gather(sel.share, np.array([m - 1]), axis=0)) if m % 2 else None
+            if tail is not None:
+                best = Shared(k.concat([best.share, k.gather(x.share, np.array([m - 1]), axis=0)], axis=0))
+                chosen = Shared(k.concat([chosen.share, tail.share], axis=0))
+            x, sel, public_sel = best, chosen, None
+    assert sel is not None
+    return Shared(k.reshape(x.share, rest)), Shared(k.reshape(sel.share, (n,) + rest))
+
+
+def _public_share(ctx: PartyContext, value: np.ndarray, rest: tuple[int, ...]) -> Tensor:
+    """This party's share of a public integer tensor broadcast over ``rest`` (P0 holds it)."""
+    k = ctx.kernels
+    full = np.broadcast_to(value, value.shape[:2] + rest)
+    return ctx.public(full) if ctx.is_compute and ctx.index == 0 else k.zeros(full.shape)
 
 
 def _global_avg_pool2d(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
@@ -211,7 +268,13 @@ def _add(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
 
 
 def _relu(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
-    return functions.relu_with_bit(env.ctx, xs[0])
+    """ReLU as in ``functions.relu_with_bit``; the cache is the XOR-shared bit [x >= 0],
+    which the backward pass injects into the gradient in one round (``mul_bit``)."""
+    ctx = env.ctx
+    with ctx.messenger.label("relu"):
+        bit = ge_zero(ctx, xs[0])
+        y, _ = mul_bit(ctx, bit, xs[0])
+    return y, bit
 
 
 def _unary(fn: Callable[[PartyContext, Shared], Shared]) -> ForwardRule:
@@ -252,10 +315,14 @@ SECURE_FORWARD: dict[str, ForwardRule] = {
 
 
 def secure_forward(
-    ctx: PartyContext, program: Program, params: Mapping[str, Param], inputs: Mapping[str, Shared]
+    ctx: PartyContext,
+    program: Program,
+    params: Mapping[str, Param],
+    inputs: Mapping[str, Shared],
+    training: bool = False,
 ) -> tuple[dict[str, Shared], dict[str, Any]]:
     """Run the graph on shares; returns every value and each node's backward cache."""
-    env = LayerEnv(ctx, params)
+    env = LayerEnv(ctx, params, training)
     values: dict[str, Shared] = dict(inputs)
     caches: dict[str, Any] = {}
     for node in program.graph.nodes:

@@ -1,0 +1,330 @@
+"""Secure backward rules, one per IR op kind, written once against the primitive interface.
+
+A rule gets the node, its input shares ``xs``, its output share ``y``, the cache its
+forward rule returned (``layers.SECURE_FORWARD`` run with ``training=True``), the
+gradient [dy] of the loss with respect to ``y``, and which inputs need a gradient.
+It returns the input gradients (None where not needed) and the parameter gradients
+by role.  Products reuse masks where an operand takes part in two of them (Pond):
+the dense and conv rules open [dy] once for both dx and dW, and the kernel is
+opened once per batch for forward and backward (``Masked`` parameters).
+
+Costs per batch, bytes sent by one compute party (8 bytes per ring element):
+  dense    dx and dW: |dy| + |x|;  dW only (first layer): |dy| + |x|
+  conv2d   the same with |x| the input image (patches are formed inside the product)
+  relu     |dy| + |dy|/8 (bit injection of the cached XOR bit)
+  max_pool |selection| + |dy|;  sigmoid, tanh: 2|y| + |dy|;  pools, reshapes, add: 0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from bridge.im2col import Im2ColPlan
+from bridge.ir import Node, Program
+from bridge.mpc import functions
+from bridge.mpc.compare import Bits, mul_bit
+from bridge.mpc.kernels import RingKernels, Tensor
+from bridge.mpc.layers import LayerEnv, Param, conv_plan, extract_patches
+from bridge.mpc.party import PartyContext
+from bridge.mpc.protocol import (
+    Masked,
+    Shared,
+    add,
+    add_constant,
+    beaver,
+    mask_operand,
+    mul,
+    mul_public,
+    neg,
+    square,
+    sub,
+    truncate,
+)
+from bridge.reference_train import LossHead, TrainingRefused
+
+Grads = tuple[list[Shared | None], dict[str, Shared]]
+BackwardRule = Callable[[LayerEnv, Node, list[Shared], Shared, Any, Shared, list[bool]], Grads]
+
+
+# -- products of masked operands ----------------------------------------------------------------
+
+def as_masked(ctx: PartyContext, p: Param) -> Masked:
+    return p if isinstance(p, Masked) else mask_operand(ctx, p)
+
+
+def masked_product(
+    ctx: PartyContext, x: Masked, y: Masked, f: Callable[[Tensor, Tensor], Tensor], out_shape: tuple[int, ...]
+) -> Shared:
+    """[f(x, y)] for a bilinear f when both operands are already masked: no opening at all.
+
+    With E = x - a and F = y - b open, the dealer shares c = f(a, b) for this f and
+    [z] = [c] + f(E, [b]) + f([a], F) + f(E, F) (the last term by P0), as in ``beaver``.
+    Rounds 0; dealer -> P1: 8 |f(x, y)| bytes.  No truncation: the caller rescales.
+    """
+    k = ctx.kernels
+    c = ctx.corr_derived(lambda: f(x.mask, y.mask), tuple(out_shape))
+    if ctx.is_dealer:
+        return Shared(c)
+    z = k.add(k.add(c, f(x.opened, y.mask)), f(x.mask, y.opened))
+    if ctx.index == 0:
+        z = k.add(z, f(x.opened, y.opened))
+    return Shared(z)
+
+
+def _t(k: RingKernels, a: Tensor) -> Tensor:
+    return k.transpose(a, (1, 0))
+
+
+# -- the adjoint of patch extraction --------------------------------------------------------------
+
+def scatter_patches(k: RingKernels, plan: Im2ColPlan, cols: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+    """(n, positions, window * C) -> (n, H, W, C): sum every patch entry back onto the cell it
+    was gathered from (``segment_sum`` is the adjoint of ``gather``), then drop the padding."""
+    n, h, w, c = in_shape
+    (top, bottom), (left, right) = plan.pads
+    hp, wp = h + top + bottom, w + left + right
+    flat = _t(k, k.reshape(cols, (n, -1)))  # (positions * window * C, n)
+    summed = k.segment_sum(flat, plan.indices.reshape(-1), hp * wp * c)
+    padded = k.reshape(_t(k, summed), (n, hp, wp, c))
+    if top or bottom:
+        padded = k.gather(padded, np.arange(top, top + h), axis=1)
+    if left or right:
+        padded = k.gather(padded, np.arange(left, left + w), axis=2)
+    return padded
+
+
+# -- rules ---------------------------------------------------------------------------------------
+
+def _dense(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared, needs: list[bool]) -> Grads:
+    ctx, k = env.ctx, env.ctx.kernels
+    x = xs[0]
+    kernel_shape = (k.shape(x.share)[1], node.op.units)
+    grad_w = lambda a, b: k.matmul(_t(k, a), b)  # noqa: E731 - x^T dy, bilinear in (x, dy)
+    with ctx.messenger.label("dense_grad"):
+        if needs[0]:
+            dy_masked = mask_operand(ctx, dy)
+            kernel = as_masked(ctx, env.param(node, "kernel"))
+            dx = truncate(ctx, masked_product(
+                ctx, dy_masked, kernel, lambda a, b: k.matmul(a, _t(k, b)), k.shape(x.share)))
+            dw = truncate(ctx, beaver(ctx, x, dy_masked, grad_w, kernel_shape))
+        else:
+            dx, dw = None, truncate(ctx, beaver(ctx, x, dy, grad_w, kernel_shape))
+    grads = {"kernel": dw}
+    if node.op.use_bias:
+        grads["bias"] = Shared(k.sum(dy.share, axis=0))
+    return [dx], grads
+
+
+def _conv2d(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, plan: Im2ColPlan, dy: Shared,
+            needs: list[bool]) -> Grads:
+    ctx, k = env.ctx, env.ctx.kernels
+    x = xs[0]
+    in_shape = k.shape(x.share)
+    n, positions, window = in_shape[0], plan.indices.shape[0], plan.indices.shape[1]
+    filters = node.op.filters
+    kernel_shape = (*node.op.kernel_size, in_shape[3], filters)
+
+    def grad_w(a: Tensor, b: Tensor) -> Tensor:  # patches(x)^T dy
+        cols = k.reshape(extract_patches(k, plan, a), (n * positions, window))
+        return k.reshape(k.matmul(_t(k, cols), k.reshape(b, (n * positions, filters))), kernel_shape)
+
+    def grad_x(a: Tensor, b: Tensor) -> Tensor:  # scatter(dy W^T)
+        cols = k.matmul(k.reshape(a, (n * positions, filters)), _t(k, k.reshape(b, (window, filters))))
+        return scatter_patches(k, plan, k.reshape(cols, (n, positions, window)), in_shape)
+
+    with ctx.messenger.label("conv2d_grad"):
+        if needs[0]:
+            dy_masked = mask_operand(ctx, dy)
+            kernel = as_masked(ctx, env.param(node, "kernel"))
+            dx = truncate(ctx, masked_product(ctx, dy_masked, kernel, grad_x, in_shape))
+            dw = truncate(ctx, beaver(ctx, x, dy_masked, grad_w, kernel_shape))
+        else:
+            dx, dw = None, truncate(ctx, beaver(ctx, x, dy, grad_w, kernel_shape))
+    grads = {"kernel": dw}
+    if node.op.use_bias:
+        grads["bias"] = Shared(k.sum(dy.share, axis=(0, 1, 2)))
+    return [dx], grads
+
+
+def _avg_pool2d(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, plan: Im2ColPlan, dy: Shared,
+                needs: list[bool]) -> Grads:
+    """Each output's gradient, divided by its count of valid cells, back onto its window."""
+    ctx, k = env.ctx, env.ctx.kernels
+    in_shape = k.shape(xs[0].share)
+    n, c = in_shape[0], in_shape[3]
+    positions, window = plan.indices.shape[0], plan.indices.shape[1] // c
+    per_output = k.reshape(dy.share, (n, positions, 1, c))
+    inverse = (1.0 / plan.valid_counts.astype(np.float64)).reshape(1, -1, 1, 1)
+    scaled = mul_public(ctx, Shared(per_output), inverse)
+    cols = k.broadcast_to(scaled.share, (n, positions, window, c))
+    return [Shared(scatter_patches(k, plan, k.reshape(cols, (n, positions, window * c)), in_shape))], {}
+
+
+def _max_pool2d(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: tuple[Im2ColPlan, Shared],
+                dy: Shared, needs: list[bool]) -> Grads:
+    """The gradient goes to the window entry the forward pass selected (one product)."""
+    ctx, k = env.ctx, env.ctx.kernels
+    plan, selection = cache  # selection: (window, n, positions, C), integer 0/1
+    in_shape = k.shape(xs[0].share)
+    window, n, positions, c = k.shape(selection.share)
+    per_output = Shared(k.reshape(dy.share, (1, n, positions, c)))
+    with ctx.messenger.label("max_pool2d_grad"):
+        routed = beaver(ctx, selection, per_output, k.mul, (window, n, positions, c))
+    cols = k.reshape(k.transpose(routed.share, (1, 2, 0, 3)), (n, positions, window * c))
+    return [Shared(scatter_patches(k, plan, cols, in_shape))], {}
+
+
+def _global_avg_pool2d(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
+                       needs: list[bool]) -> Grads:
+    ctx, k = env.ctx, env.ctx.kernels
+    n, h, w, c = k.shape(xs[0].share)
+    scaled = mul_public(ctx, dy, 1.0 / (h * w))
+    return [Shared(k.broadcast_to(k.reshape(scaled.share, (n, 1, 1, c)), (n, h, w, c)))], {}
+
+
+def _reshape_back(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, in_shape: tuple[int, ...], dy: Shared,
+                  needs: list[bool]) -> Grads:
+    return [Shared(env.ctx.kernels.reshape(dy.share, in_shape))], {}
+
+
+def _add(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared, needs: list[bool]) -> Grads:
+    return [dy if need else None for need in needs], {}
+
+
+def _identity(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
+              needs: list[bool]) -> Grads:
+    return [dy], {}
+
+
+def _relu(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, bit: Bits, dy: Shared, needs: list[bool]) -> Grads:
+    """dx = [x >= 0] dy: the forward comparison's bit, injected in one round."""
+    with env.ctx.messenger.label("relu_grad"):
+        dx, _ = mul_bit(env.ctx, bit, dy)
+    return [dx], {}
+
+
+def _sigmoid(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Shared, dy: Shared,
+             needs: list[bool]) -> Grads:
+    """dx = dy s (1 - s) = dy (s - s^2), from the cached output s: two rounds."""
+    ctx = env.ctx
+    with ctx.messenger.label("sigmoid_grad"):
+        slope = sub(ctx, cache, square(ctx, cache))
+        return [mul(ctx, dy, slope)], {}
+
+
+def _tanh(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Shared, dy: Shared,
+          needs: list[bool]) -> Grads:
+    """dx = dy (1 - t^2), from the cached output t: two rounds."""
+    ctx = env.ctx
+    with ctx.messenger.label("tanh_grad"):
+        slope = add_constant(ctx, neg(ctx, square(ctx, cache)), 1.0)
+        return [mul(ctx, dy, slope)], {}
+
+
+def _softmax(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Shared, dy: Shared,
+             needs: list[bool]) -> Grads:
+    """dx = s (dy - sum(dy s)) over the last axis (a softmax that is not fused with the loss)."""
+    ctx, k = env.ctx, env.ctx.kernels
+    shape = k.shape(y.share)
+    with ctx.messenger.label("softmax_grad"):
+        dot = Shared(k.sum(mul(ctx, dy, y).share, axis=len(shape) - 1, keepdims=True))
+        centered = sub(ctx, dy, Shared(k.broadcast_to(dot.share, shape)))
+        return [mul(ctx, y, centered)], {}
+
+
+def _batch_norm(env: LayerEnv, node: Node, *args: Any) -> Grads:
+    raise TrainingRefused(
+        f"layer {node.name!r} is a BatchNormalization layer, which encrypted training does not "
+        "support (its batch statistics would need a secure square root per step). Remove it, "
+        "or train in the clear and use encrypted serving."
+    )
+
+
+SECURE_BACKWARD: dict[str, BackwardRule] = {
+    "dense": _dense,
+    "conv2d": _conv2d,
+    "avg_pool2d": _avg_pool2d,
+    "max_pool2d": _max_pool2d,
+    "global_avg_pool2d": _global_avg_pool2d,
+    "flatten": _reshape_back,
+    "reshape": _reshape_back,
+    "add": _add,
+    "relu": _relu,
+    "sigmoid": _sigmoid,
+    "tanh": _tanh,
+    "softmax": _softmax,
+    "batch_norm": _batch_norm,
+    "identity": _identity,
+}
+
+
+# -- the loss head and the whole backward pass -----------------------------------------------------
+
+def probabilities(ctx: PartyContext, head: LossHead, values: Mapping[str, Shared]) -> Shared:
+    """The model's prediction as the loss reads it: the output, or link(logits) for from_logits."""
+    if head.probs is not None:
+        return values[head.probs]
+    link = functions.softmax if head.link == "softmax" else functions.sigmoid
+    return link(ctx, values[head.seed])
+
+
+def loss_gradient(ctx: PartyContext, head: LossHead, predicted: Shared, labels: Shared) -> Shared:
+    """[dL/d seed] = c (p - y) / n: the fused softmax/sigmoid cross-entropy gradient, or MSE's.
+
+    Local but for one truncation (a public product): rounds 0.
+    """
+    n = ctx.kernels.shape(labels.share)[0]
+    return mul_public(ctx, sub(ctx, predicted, labels), head.gradient_scale / n)
+
+
+def requires_grad(program: Program) -> set[str]:
+    """Values whose gradient reaches a trainable parameter: only these are computed."""
+    trainable = {name for name, spec in program.graph.parameters.items() if spec.trainable}
+    needed: set[str] = set()
+    for node in program.graph.nodes:
+        if any(p in trainable for p in node.params.values()) or any(v in needed for v in node.inputs):
+            needed.add(node.output)
+    return needed
+
+
+def secure_backward(
+    ctx: PartyContext,
+    program: Program,
+    params: Mapping[str, Param],
+    values: Mapping[str, Shared],
+    caches: Mapping[str, Any],
+    seeds: Mapping[str, Shared],
+    wrt: tuple[str, ...] = (),
+) -> tuple[dict[str, Shared], dict[str, Shared]]:
+    """Gradients of every trainable parameter (and of the values ``wrt``), from the
+    gradients ``seeds`` of some values.
+
+    Nodes run in reverse order; a node whose output got no gradient (e.g. the softmax
+    fused into the loss) is skipped; gradients of a value read twice are summed.
+    Returns (parameter gradients, gradients of the values in ``wrt``).
+    """
+    env = LayerEnv(ctx, params, training=True)
+    needed = requires_grad(program) | set(wrt)
+    trainable = {name for name, spec in program.graph.parameters.items() if spec.trainable}
+    grads: dict[str, Shared] = dict(seeds)
+    param_grads: dict[str, Shared] = {}
+    for node in reversed(program.graph.nodes):
+        dy = grads.get(node.output) if node.output in wrt else grads.pop(node.output, None)
+        if dy is None:
+            continue
+        xs = [values[v] for v in node.inputs]
+        needs = [v in needed for v in node.inputs]
+        rule = SECURE_BACKWARD[node.op.kind]
+        with ctx.messenger.label(node.name):
+            dxs, dparams = rule(env, node, xs, values[node.output], caches[node.name], dy, needs)
+        for value, dx, need in zip(node.inputs, dxs, needs, strict=True):
+            if need and dx is not None:
+                grads[value] = add(ctx, grads[value], dx) if value in grads else dx
+        for role, g in dparams.items():
+            name = node.params[role]
+            if name in trainable:
+                param_grads[name] = add(ctx, param_grads[name], g) if name in param_grads else g
+    return param_grads, {v: grads[v] for v in wrt if v in grads}

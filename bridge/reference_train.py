@@ -1,0 +1,406 @@
+"""Training in the clear, in NumPy float64: the oracle for encrypted training.
+
+Protocol-neutral pieces every training backend shares live here too:
+  * ``loss_head``: what ``model.compile()``'s loss means on the IR graph, checked
+    once (which value the loss gradient enters, through which link function);
+  * ``batch_schedule``: the order in which rows are visited, fixed by a seed, so
+    that private and plaintext training see the same batches;
+  * ``encode_labels``: labels as the float rows the loss reads (sparse -> one-hot).
+
+The backward rules (``REFERENCE_BACKWARD``) mirror ``bridge.mpc.backward`` one for
+one, in float64; tests check them against TensorFlow's autodiff.  Optimizer: SGD
+with momentum exactly as Keras 3 applies it (v <- m v - lr g;  w <- w + v).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from bridge.backend import BackendError, StepResult, TrainingExecutable
+from bridge.im2col import Im2ColPlan, extract_patches, im2col_plan
+from bridge.ir import Loss, Node, Program, validate_program, validate_weights
+from bridge.ir import ops as irops
+from bridge.reference import evaluate
+
+#: Keras' clipping of probabilities before a logarithm (keras.config.epsilon())
+EPSILON = 1e-7
+
+
+class TrainingRefused(BackendError):
+    """The model or its compile() settings cannot be trained here; the message says why."""
+
+
+# -- what the loss means on the graph ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LossHead:
+    """How the loss attaches to the graph.
+
+    The loss gradient with respect to ``seed`` is ``gradient_scale * (p - y) / n`` for a
+    batch of n rows, with p = link(seed) (or p = seed for MSE, link None).  ``probs``
+    names the value already holding p (the model's own final softmax/sigmoid, whose
+    backward is thereby fused into the loss); None means p is computed from logits.
+    """
+
+    loss: Loss
+    output: str
+    seed: str
+    link: Literal["softmax", "sigmoid"] | None
+    probs: str | None
+    gradient_scale: float
+    #: width of a label row (classes, or output units)
+    width: int
+
+    @property
+    def classifies(self) -> bool:
+        return self.loss != Loss.MSE
+
+
+_LINK = {
+    Loss.CATEGORICAL_CROSSENTROPY: "softmax",
+    Loss.SPARSE_CATEGORICAL_CROSSENTROPY: "softmax",
+    Loss.BINARY_CROSSENTROPY: "sigmoid",
+}
+
+
+def loss_head(program: Program) -> LossHead:
+    """Check that ``program`` can be trained and say how its loss attaches; refuse clearly."""
+    spec = program.training
+    if spec is None:
+        raise TrainingRefused(
+            "the Program has no training spec; compile the Keras model with a loss and an "
+            "optimizer (frontends.keras.training.training_spec builds it)"
+        )
+    graph = program.graph
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise TrainingRefused(
+            f"training supports models with one input and one output; this one has inputs "
+            f"{list(graph.inputs)} and outputs {list(graph.outputs)}"
+        )
+    for node in graph.nodes:
+        if node.op.kind == "batch_norm":
+            raise TrainingRefused(
+                f"layer {node.name!r} is a BatchNormalization layer, which training here does not "
+                "support (its batch statistics would need a secure square root per step). Remove it, "
+                "or train in the clear and use encrypted serving."
+            )
+    output = next(iter(graph.outputs))
+    width = graph.outputs[output].feature_shape
+    if len(width) != 1:
+        raise TrainingRefused(
+            f"the model's output {output!r} has shape (batch, {', '.join(map(str, width))}); training "
+            "needs a flat (batch, units) output. Add a Flatten layer before the output."
+        )
+    last = next(n for n in graph.nodes if n.output == output)
+    if spec.loss == Loss.MSE:
+        return LossHead(spec.loss, output, output, None, output, 2.0 / width[0], width[0])
+    link = _LINK[spec.loss]
+    scale = 1.0 / width[0] if link == "sigmoid" else 1.0
+    if spec.from_logits:
+        return LossHead(spec.loss, output, output, link, None, scale, width[0])
+    if last.op.kind != link:
+        raise TrainingRefused(
+            f"loss {spec.loss.value!r} reads probabilities, so the model must end in a {link} "
+            f"activation; its last layer {last.name!r} is {last.op.kind!r}. Add activation='{link}' "
+            "to the last layer, or compile with from_logits=True."
+        )
+    return LossHead(spec.loss, output, last.inputs[0], link, output, scale, width[0])
+
+
+def encode_labels(head: LossHead, y: np.ndarray) -> np.ndarray:
+    """Labels as float64 rows of the output's width (sparse class indices -> one-hot)."""
+    y = np.asarray(y)
+    if head.loss == Loss.SPARSE_CATEGORICAL_CROSSENTROPY:
+        flat = y.reshape(len(y), -1)
+        if flat.shape[1] != 1:
+            raise ValueError(
+                f"sparse_categorical_crossentropy expects one class index per row, received labels of "
+                f"shape {y.shape}; pass integer labels of shape (n,) or use categorical_crossentropy"
+            )
+        index = flat[:, 0]
+        if np.any(index != np.round(index)) or np.any(index < 0) or np.any(index >= head.width):
+            raise ValueError(f"class indices must be integers in [0, {head.width}); received {np.unique(index)[:10]}")
+        return np.eye(head.width)[index.astype(np.int64)]
+    rows = y.astype(np.float64).reshape(len(y), -1)
+    if rows.shape[1] != head.width:
+        raise ValueError(
+            f"labels have {rows.shape[1]} value(s) per row but the model outputs {head.width}; "
+            f"received labels of shape {y.shape}"
+        )
+    return rows
+
+
+def batch_schedule(rows: int, batch_size: int, epoch: int, seed: int, shuffle: bool = True) -> list[np.ndarray]:
+    """The batches of one epoch: row indices, in order.
+
+    Rows are numbered as the data owners' rows concatenated in the order the data
+    were given.  With ``shuffle`` the order is ``np.random.default_rng([seed, epoch])
+    .permutation(rows)``, else 0..rows-1; consecutive chunks of ``batch_size`` make the
+    batches, the last one possibly smaller.  A plaintext baseline that wants the same
+    batches calls this function.  The order is public: it depends on the seed and the
+    row count only, never on the data.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, received {batch_size}")
+    order = np.random.default_rng([seed, epoch]).permutation(rows) if shuffle else np.arange(rows)
+    return [order[start : start + batch_size] for start in range(0, rows, batch_size)]
+
+
+# -- loss values and metrics, as Keras computes them ----------------------------------------------
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def predicted(head: LossHead, values: Mapping[str, np.ndarray]) -> np.ndarray:
+    """p: the output, or link(logits)."""
+    if head.probs is not None:
+        return values[head.probs]
+    return softmax(values[head.seed]) if head.link == "softmax" else sigmoid(values[head.seed])
+
+
+def loss_values(head: LossHead, p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-row loss from probabilities p (Keras' clipping at EPSILON)."""
+    if head.loss == Loss.MSE:
+        return np.mean((p - y) ** 2, axis=-1)
+    clipped = np.clip(p, EPSILON, 1.0 - EPSILON)
+    if head.link == "sigmoid":
+        return -np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped), axis=-1)
+    return -np.sum(y * np.log(clipped), axis=-1)
+
+
+def correct(head: LossHead, p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-row accuracy: argmax agreement, or p > 0.5 agreeing with y (mean over units)."""
+    if head.link == "sigmoid":
+        return np.mean((p > 0.5) == (y > 0.5), axis=-1).astype(np.float64)
+    return (np.argmax(p, axis=-1) == np.argmax(y, axis=-1)).astype(np.float64)
+
+
+# -- backward rules ------------------------------------------------------------------------------
+
+Arrays = dict[str, np.ndarray]
+ReferenceBackward = Callable[[Node, list[np.ndarray], np.ndarray, Arrays, np.ndarray], tuple[list[np.ndarray], Arrays]]
+
+
+def _plan(op: Any, shape: tuple[int, ...]) -> Im2ColPlan:
+    _, h, w, c = shape
+    window = op.kernel_size if isinstance(op, irops.Conv2D) else op.pool_size
+    return im2col_plan(h, w, c, window[0], window[1], op.strides, op.padding)
+
+
+def _scatter(plan: Im2ColPlan, cols: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The adjoint of ``extract_patches``: sum patch entries back onto their cells, drop the padding."""
+    n, h, w, c = shape
+    (top, bottom), (left, right) = plan.pads
+    padded = np.zeros((n, (h + top + bottom) * (w + left + right) * c))
+    np.add.at(padded, (slice(None), plan.indices.reshape(-1)), cols.reshape(n, -1))
+    padded = padded.reshape(n, h + top + bottom, w + left + right, c)
+    return padded[:, top : top + h, left : left + w, :]
+
+
+def _dense(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    grads = {"kernel": xs[0].T @ dy}
+    if node.op.use_bias:
+        grads["bias"] = dy.sum(axis=0)
+    return [dy @ p["kernel"].T], grads
+
+
+def _conv2d(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    x = xs[0]
+    plan = _plan(node.op, x.shape)
+    kernel = p["kernel"]
+    window, filters = int(np.prod(kernel.shape[:3])), kernel.shape[3]
+    cols = extract_patches(plan, x).reshape(-1, window)
+    flat_dy = dy.reshape(-1, filters)
+    grads = {"kernel": (cols.T @ flat_dy).reshape(kernel.shape)}
+    if node.op.use_bias:
+        grads["bias"] = flat_dy.sum(axis=0)
+    dcols = (flat_dy @ kernel.reshape(window, filters).T).reshape(len(x), -1, window)
+    return [_scatter(plan, dcols, x.shape)], grads
+
+
+def _avg_pool2d(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    x = xs[0]
+    n, c = x.shape[0], x.shape[3]
+    plan = _plan(node.op, x.shape)
+    window = plan.indices.shape[1] // c
+    per_output = dy.reshape(n, -1, 1, c) / plan.valid_counts.reshape(1, -1, 1, 1)
+    cols = np.broadcast_to(per_output, (n, per_output.shape[1], window, c))
+    return [_scatter(plan, cols, x.shape)], {}
+
+
+def _max_pool2d(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    x = xs[0]
+    n, c = x.shape[0], x.shape[3]
+    plan = _plan(node.op, x.shape)
+    window = plan.indices.shape[1] // c
+    patches = extract_patches(plan, x, fill=-np.inf).reshape(n, -1, window, c)
+    winner = np.argmax(patches, axis=2)  # first maximum, as TensorFlow's MaxPoolGrad
+    one_hot = np.arange(window).reshape(1, 1, window, 1) == winner[:, :, None, :]
+    cols = one_hot * dy.reshape(n, -1, 1, c)
+    return [_scatter(plan, cols, x.shape)], {}
+
+
+def _global_avg_pool2d(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays,
+                       dy: np.ndarray) -> tuple[list, Arrays]:
+    n, h, w, c = xs[0].shape
+    return [np.broadcast_to(dy.reshape(n, 1, 1, c) / (h * w), xs[0].shape).copy()], {}
+
+
+def _reshape_back(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    return [dy.reshape(xs[0].shape)], {}
+
+
+def _add(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    return [dy for _ in xs], {}
+
+
+def _identity(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    return [dy], {}
+
+
+def _relu(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    return [dy * (xs[0] > 0)], {}
+
+
+def _sigmoid(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    return [dy * y * (1 - y)], {}
+
+
+def _tanh(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    return [dy * (1 - y * y)], {}
+
+
+def _softmax(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    return [y * (dy - np.sum(dy * y, axis=-1, keepdims=True))], {}
+
+
+def _batch_norm(node: Node, *args: Any) -> tuple[list, Arrays]:
+    raise TrainingRefused(f"layer {node.name!r} is a BatchNormalization layer, which training does not support")
+
+
+REFERENCE_BACKWARD: dict[str, ReferenceBackward] = {
+    "dense": _dense,
+    "conv2d": _conv2d,
+    "avg_pool2d": _avg_pool2d,
+    "max_pool2d": _max_pool2d,
+    "global_avg_pool2d": _global_avg_pool2d,
+    "flatten": _reshape_back,
+    "reshape": _reshape_back,
+    "add": _add,
+    "relu": _relu,
+    "sigmoid": _sigmoid,
+    "tanh": _tanh,
+    "softmax": _softmax,
+    "batch_norm": _batch_norm,
+    "identity": _identity,
+}
+
+
+# -- forward, backward, SGD ----------------------------------------------------------------------
+
+def _node_params(node: Node, weights: Mapping[str, np.ndarray]) -> Arrays:
+    return {role: np.asarray(weights[name], dtype=np.float64) for role, name in node.params.items()}
+
+
+def reference_values(program: Program, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> Arrays:
+    """Every value of the graph in float64 (the forward rules of ``bridge.reference``)."""
+    return evaluate(
+        program,
+        {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()},
+        {k: np.asarray(v, dtype=np.float64) for k, v in inputs.items()},
+    )
+
+
+def reference_backward(
+    program: Program, weights: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray], seeds: Mapping[str, np.ndarray]
+) -> tuple[Arrays, Arrays]:
+    """(parameter gradients, gradients of every value reached), from the seeds' gradients."""
+    grads: Arrays = {k: np.asarray(v, dtype=np.float64) for k, v in seeds.items()}
+    param_grads: Arrays = {}
+    for node in reversed(program.graph.nodes):
+        if node.output not in grads:
+            continue
+        xs = [values[v] for v in node.inputs]
+        dxs, dparams = REFERENCE_BACKWARD[node.op.kind](
+            node, xs, values[node.output], _node_params(node, weights), grads[node.output]
+        )
+        for value, dx in zip(node.inputs, dxs, strict=True):
+            grads[value] = grads[value] + dx if value in grads else np.asarray(dx, dtype=np.float64)
+        for role, g in dparams.items():
+            name = node.params[role]
+            param_grads[name] = param_grads[name] + g if name in param_grads else g
+    return param_grads, grads
+
+
+def sgd_update(
+    weights: dict[str, np.ndarray], velocity: dict[str, np.ndarray], grads: Mapping[str, np.ndarray],
+    learning_rate: float, momentum: float,
+) -> None:
+    """Keras 3 SGD in place: v <- m v - lr g; w <- w + v (w <- w - lr g when m = 0)."""
+    for name, g in grads.items():
+        if momentum:
+            velocity[name] = momentum * velocity.get(name, np.zeros_like(g)) - learning_rate * g
+            weights[name] = weights[name] + velocity[name]
+        else:
+            weights[name] = weights[name] - learning_rate * g
+
+
+class ReferenceTrainingExecutable(TrainingExecutable):
+    """Plaintext training in float64, with the interface of the encrypted one."""
+
+    def __init__(self, program: Program, weights: Mapping[str, np.ndarray], metrics: tuple[str, ...] = ()) -> None:
+        validate_program(program)
+        validate_weights(program, weights)
+        self.program = program
+        self.head = loss_head(program)
+        self.metrics = tuple(metrics)
+        self._weights = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+        self._velocity: dict[str, np.ndarray] = {}
+        self._data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._input = next(iter(program.graph.inputs))
+        self._trainable = {n for n, s in program.graph.parameters.items() if s.trainable}
+
+    def load_data(self, data: Mapping[str, tuple[np.ndarray, np.ndarray]], split: str = "train") -> int:
+        xs, ys = [], []
+        for x, y in data.values():
+            xs.append(np.asarray(x, dtype=np.float64))
+            ys.append(encode_labels(self.head, y))
+        self._data[split] = (np.concatenate(xs), np.concatenate(ys))
+        return len(self._data[split][0])
+
+    def _step(self, rows: np.ndarray, split: str, train: bool) -> StepResult:
+        x, y = self._data[split][0][rows], self._data[split][1][rows]
+        values = reference_values(self.program, self._weights, {self._input: x})
+        p = predicted(self.head, values)
+        result = StepResult(
+            float(np.mean(loss_values(self.head, p, y))),
+            {m: float(np.mean(correct(self.head, p, y))) for m in self.metrics},
+            len(rows),
+        )
+        if train:
+            seed = self.head.gradient_scale * (p - y) / len(rows)
+            grads, _ = reference_backward(self.program, self._weights, values, {self.head.seed: seed})
+            spec = self.program.training
+            assert spec is not None
+            trainable = {k: g for k, g in grads.items() if k in self._trainable}
+            sgd_update(self._weights, self._velocity, trainable, spec.optimizer.learning_rate, spec.optimizer.momentum)
+        return result
+
+    def train_batch(self, rows: np.ndarray) -> StepResult:
+        return self._step(np.asarray(rows), "train", train=True)
+
+    def evaluate_batch(self, rows: np.ndarray, split: str = "validation") -> StepResult:
+        return self._step(np.asarray(rows), split, train=False)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self._weights.items()}

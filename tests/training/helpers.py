@@ -1,0 +1,163 @@
+"""Shared pieces of the training tests: autodiff oracles, secure runs of one backward pass,
+and small training Programs built straight in the IR."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from bridge.ir import (
+    Graph,
+    Loss,
+    Node,
+    ParamSpec,
+    Party,
+    Placement,
+    PrivacyMode,
+    Program,
+    Role,
+    SGDSpec,
+    TensorSpec,
+    TrainingSpec,
+)
+from bridge.ir import ops as irops
+from bridge.mpc.backward import secure_backward
+from bridge.mpc.layers import secure_forward, secure_parameters
+from bridge.mpc.protocol import reveal_to, share_input
+from bridge.mpc.runtime import ThreadedParties
+from bridge.mpc.session import compute_and_dealer, setup_party
+
+# -- TensorFlow autodiff, the oracle of every backward rule ------------------------------------------
+
+
+def tf_forward(node: Node, xs: list, params: Mapping):
+    """The op in float64 TensorFlow (tf.nn), with Keras' semantics."""
+    import tensorflow as tf
+
+    op = node.op
+    kind = op.kind
+    if kind == "dense":
+        y = tf.matmul(xs[0], params["kernel"])
+        return y + params["bias"] if op.use_bias else y
+    if kind == "conv2d":
+        y = tf.nn.conv2d(xs[0], params["kernel"], op.strides, op.padding.upper())
+        return y + params["bias"] if op.use_bias else y
+    if kind == "avg_pool2d":
+        return tf.nn.avg_pool2d(xs[0], op.pool_size, op.strides, op.padding.upper())
+    if kind == "max_pool2d":
+        return tf.nn.max_pool2d(xs[0], op.pool_size, op.strides, op.padding.upper())
+    if kind == "global_avg_pool2d":
+        return tf.reduce_mean(xs[0], axis=(1, 2))
+    if kind == "flatten":
+        return tf.reshape(xs[0], (xs[0].shape[0], -1))
+    if kind == "reshape":
+        return tf.reshape(xs[0], (xs[0].shape[0], *op.target_shape))
+    if kind == "add":
+        return tf.add_n(xs)
+    if kind == "identity":
+        return tf.identity(xs[0])
+    return {"relu": tf.nn.relu, "sigmoid": tf.nn.sigmoid, "tanh": tf.nn.tanh, "softmax": tf.nn.softmax}[kind](xs[0])
+
+
+def tf_gradients(program: Program, weights: Mapping, inputs: Mapping, seeds: Mapping[str, np.ndarray]):
+    """d(sum_v sum(v * seed_v)) / d(inputs, parameters), the graph run in float64 TensorFlow
+    under a GradientTape.  Returns (parameter gradients, input gradients)."""
+    import tensorflow as tf
+
+    xs = {v: tf.Variable(np.asarray(inputs[v], dtype=np.float64)) for v in program.graph.inputs}
+    params = {p: tf.Variable(np.asarray(w, dtype=np.float64)) for p, w in weights.items()}
+    with tf.GradientTape() as tape:
+        values = dict(xs)
+        for node in program.graph.nodes:
+            node_params = {role: params[p] for role, p in node.params.items()}
+            values[node.output] = tf_forward(node, [values[v] for v in node.inputs], node_params)
+        objective = tf.add_n([tf.reduce_sum(values[v] * seed) for v, seed in seeds.items()])
+    grads = tape.gradient(objective, {"params": params, "inputs": xs})
+    as_numpy = lambda d: {k: g.numpy() for k, g in d.items() if g is not None}  # noqa: E731
+    return as_numpy(grads["params"]), as_numpy(grads["inputs"])
+
+
+# -- one secure forward + backward --------------------------------------------------------------------
+
+
+def secure_gradients(kernels, program: Program, weights: Mapping, inputs: Mapping, dy: np.ndarray):
+    """Share weights, inputs and dy; run forward (training) and backward on shares; reveal the
+    parameter and input gradients to the data owner.  Returns (param grads, input grads)."""
+    placement = program.placement
+    compute, dealer = compute_and_dealer(program)
+    parties = ThreadedParties(placement.names, kernels, program.numerics, compute, dealer, timeout_s=60)
+    owner = placement.param_owner
+    client = next(iter(placement.input_owners.values()))
+    prepared = secure_parameters(program, weights)
+    (out_name,) = program.graph.outputs
+    names = list(program.graph.inputs)
+
+    def body(ctx):
+        params = setup_party(ctx, program, prepared if ctx.name == owner else None)
+        xs = {v: share_input(ctx, client, inputs[v] if ctx.name == client else None, inputs[v].shape, v) for v in names}
+        grad_y = share_input(ctx, client, dy if ctx.name == client else None, dy.shape, "dy")
+        pg, ig = {}, {}
+        if ctx.in_protocol:
+            values, caches = secure_forward(ctx, program, params, xs, training=True)
+            pg, ig = secure_backward(ctx, program, params, values, caches, {out_name: grad_y}, wrt=tuple(names))
+        out_p = {p: reveal_to(ctx, pg.get(p), (client,), p) for p in sorted(program.graph.parameters)}
+        out_i = {v: reveal_to(ctx, ig.get(v), (client,), v) for v in names}
+        return out_p, out_i
+
+    return parties.run(body)[client]
+
+
+# -- small training Programs --------------------------------------------------------------------------
+
+def training_placement(inputs, outputs, data_owners=("alice", "bob")) -> Placement:
+    parties = [Party(name="owner", roles=frozenset({Role.MODEL_OWNER}))]
+    parties += [Party(name=d, roles=frozenset({Role.DATA_OWNER, Role.CLIENT})) for d in data_owners]
+    parties += [Party(name=c, roles=frozenset({Role.COMPUTE})) for c in ("s0", "s1")]
+    parties += [Party(name="dealer", roles=frozenset({Role.DEALER}))]
+    return Placement(
+        parties=tuple(parties),
+        input_owners={v: data_owners[0] for v in inputs},
+        param_owner="owner",
+        output_receivers={v: (data_owners[0],) for v in outputs},
+    )
+
+
+def mlp_program(
+    sizes: list[int],
+    loss: Loss = Loss.SPARSE_CATEGORICAL_CROSSENTROPY,
+    from_logits: bool = False,
+    hidden: str = "relu",
+    learning_rate: float = 0.1,
+    momentum: float = 0.0,
+    seed: int = 0,
+    weight_scale: float = 1.0,
+) -> tuple[Program, dict[str, np.ndarray]]:
+    """Dense layers with ``hidden`` activations; the last one softmax/sigmoid/linear per the loss."""
+    rng = np.random.default_rng(seed)
+    nodes, params, weights = [], {}, {}
+    value = "x"
+    for i, (fan_in, units) in enumerate(zip(sizes, sizes[1:])):
+        name = f"dense_{i}"
+        params[f"{name}/kernel"] = ParamSpec(shape=(fan_in, units))
+        params[f"{name}/bias"] = ParamSpec(shape=(units,))
+        weights[f"{name}/kernel"] = (rng.normal(size=(fan_in, units)) * np.sqrt(2 / fan_in) * weight_scale).astype(np.float32)
+        weights[f"{name}/bias"] = (rng.normal(size=units) * 0.1).astype(np.float32)
+        nodes.append(Node(name=name, op=irops.Dense(units=units), inputs=(value,), output=name,
+                          params={"kernel": f"{name}/kernel", "bias": f"{name}/bias"}))
+        value = name
+        last = i == len(sizes) - 2
+        kind = hidden if not last else {Loss.MSE: None, Loss.BINARY_CROSSENTROPY: "sigmoid"}.get(loss, "softmax")
+        if last and from_logits:
+            kind = None
+        if kind is not None:
+            op = {"relu": irops.Relu, "sigmoid": irops.Sigmoid, "tanh": irops.Tanh, "softmax": irops.Softmax}[kind]()
+            nodes.append(Node(name=f"{kind}_{i}", op=op, inputs=(value,), output=f"{kind}_{i}"))
+            value = f"{kind}_{i}"
+    graph = Graph(inputs={"x": TensorSpec(shape=(None, sizes[0]))}, outputs={value: TensorSpec(shape=(None, sizes[-1]))},
+                  parameters=params, nodes=tuple(nodes))
+    spec = TrainingSpec(loss=loss, from_logits=from_logits,
+                        optimizer=SGDSpec(learning_rate=learning_rate, momentum=momentum), batch_size=32)
+    program = Program(graph=graph, placement=training_placement(["x"], [value]),
+                      privacy=PrivacyMode.ENCRYPTED_TRAINING, training=spec)
+    return program, weights
