@@ -1,0 +1,468 @@
+"""Encrypted training: forward, backward and SGD on shares, SPMD like ``session``.
+
+Per party, in order:
+  setup   dealer seeds; the model owner shares every parameter (``session.setup_party``);
+          kernels are masked for the first batch.
+  data    each data owner shares its own rows x AND labels y (``share_input``), once;
+          labels are one-hot encoded by their owner first, so class values stay secret.
+  batch   the compute parties gather the batch's rows from the shares (public row
+          indices, ``reference_train.batch_schedule``: local, free); forward with
+          ``training=True``; the overflow check (below); loss and metrics; the fused
+          loss gradient (p - y)/n; backward (``backward.secure_backward``); SGD with
+          momentum on shares; kernels re-masked for the next batch (Pond: one opening
+          of each kernel per batch serves its forward and backward products).
+  end     the model owner receives the trained parameters (``reveal_to``), or they stay
+          shared and ``serving()`` wraps them for encrypted serving.
+Who learns what: the compute parties and the dealer learn nothing but the overflow
+bits; the model owner learns each batch's summed loss and correct count (what Keras'
+progress bar shows) and, at the end, the trained weights; data owners learn nothing.
+
+Overflow check (``check_overflow``, on by default).  Fixed-point training fails
+silently when a value leaves its range: a local-truncation wrap adds about
+2^(64 - 2f) = 2^32 to a value, a diverging model grows its activations until
+products wrap the ring.  After the forward pass the outputs of every dense, conv2d
+and add node are checked against a bound B (``overflow_bound``, default 1024):
+  1. [x + B >= 0] and [B - x >= 0] for every element, in one comparison call;
+  2. the bits become arithmetic (one round, 1 bit per element) and are summed per
+     layer into its count of violations v_l, locally;
+  3. [v_l >= 1] is compared and revealed: one bit per layer per batch, to the
+     compute parties, the dealer and the model owner, who all stop.
+Values below B are never flagged; every truncation wrap in the forward pass is
+(its error 2^32 exceeds any bound below 2^31), and a wrap in a gradient inflates a
+weight by about lr 2^32, which the next batch's forward pass flags at that layer.
+The trained weights the model owner receives are checked against B in the clear.
+Cost: 2 comparisons per checked element (about 2 x 26 bytes per compute party) and
+9 rounds per batch; ``tests/training`` measures it against a whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from bridge.backend import BackendError, Executable, StepResult, TrainingExecutable
+from bridge.ir import Placement, PrivacyMode, Program, validate_program, validate_weights
+from bridge.mpc.backward import loss_gradient, probabilities, secure_backward
+from bridge.mpc.comm import CommStats
+from bridge.mpc.compare import Bits, ge_zero, mul_bit
+from bridge.mpc.kernels import RingKernels
+from bridge.mpc.layers import masked_parameter_names, secure_forward, secure_parameters
+from bridge.mpc.party import PartyContext
+from bridge.mpc.protocol import (
+    Masked,
+    Shared,
+    add,
+    add_constant,
+    add_public,
+    beaver,
+    mask_operand,
+    mul_public_int,
+    neg,
+    reveal_to,
+    share_input,
+    sub,
+    truncate,
+)
+from bridge.mpc.runtime import PartyRunner, ThreadedParties
+from bridge.mpc.session import SecureExecutable, compute_and_dealer, setup_party
+from bridge.reference_train import LossHead, encode_labels, loss_head
+
+#: op kinds whose outputs the overflow check reads: the ones that can grow a value
+CHECKED_KINDS = frozenset({"dense", "conv2d", "add"})
+DEFAULT_OVERFLOW_BOUND = 1024.0
+
+
+class TrainingOverflowError(ArithmeticError):
+    """A value left the fixed-point range during training; the model would be wrong."""
+
+
+# -- small protocols ------------------------------------------------------------------------------
+
+def bits_to_arith(ctx: PartyContext, b: Bits) -> Shared:
+    """[b] in Z_2^64 (integer 0/1) from XOR-shared bits, in one round (the second half of
+    ``mul_bit``): the dealer gives a random bit s as XOR and arithmetic shares; open
+    d = b xor s (1 bit per element); [b] = d + (1 - 2d) [s].  Dealer -> P1: 8 bytes per element."""
+    k = ctx.kernels
+    shape = k.shape(b.share)
+    with ctx.messenger.label("b2a"):
+        s_bits = ctx.corr_random_bits(shape)
+        s_arith = ctx.corr_derived(lambda: s_bits, shape)
+        if ctx.is_dealer:
+            return Shared(k.zeros(shape))
+        (d,) = ctx.open([k.bit_xor(b.share, s_bits)], bits=[1])
+        out = k.mul(k.sub(k.constant(1), k.mul(d, k.constant(2))), s_arith)
+        return Shared(k.add(out, d) if ctx.index == 0 else out)
+
+
+#: ln(m) on [1/2, 1] as a polynomial in m - 3/4 (least squares on Chebyshev nodes, max error 1.5e-6)
+_NODES = 0.75 + 0.25 * np.cos(np.pi * (np.arange(400) + 0.5) / 400)
+LOG_COEFFICIENTS = tuple(float(c) for c in np.polyfit(_NODES - 0.75, np.log(_NODES), 6))
+
+
+def log_unit(ctx: PartyContext, x: Shared) -> Shared:
+    """ln(x) for x in (0, 1], clamped below at 2^-f (so ln(x) >= -f ln 2, about -11.1 at f = 16).
+
+    1. c_j = [x >= 2^-j] for j = 1..f, in one comparison call (f comparisons per element).
+    2. Clamp: x' = 2^-f + c_f (x - 2^-f) (bit injection).
+    3. With b_j = 1 - c_j (arithmetic, one round) and k = sum_{j<f} b_j, x' lies in
+       [2^-(k+1), 2^-k), and 2^k = 1 + sum_{j<f} b_j 2^(j-1) because the b_j are monotone.
+    4. m = x' 2^k in [1/2, 1] (one product, integer factor: no truncation).
+    5. ln x = P(m - 3/4) - k ln 2, P of degree 6 by Horner (6 rounds).
+    Rounds about 5 + 1 + 1 + 1 + 6; max error 1e-5 plus fixed-point rounding.
+    """
+    k = ctx.kernels
+    f = ctx.numerics.frac_bits
+    shape = k.shape(x.share)
+    scale = ctx.numerics.scale
+    with ctx.messenger.label("log"):
+        thresholds = np.array([scale >> j for j in range(1, f + 1)], dtype=np.int64).reshape((f,) + (1,) * len(shape))
+        stacked = Shared(k.broadcast_to(k.reshape(x.share, (1,) + shape), (f,) + shape))
+        above = ge_zero(ctx, add_public(ctx, stacked, ctx.public(-thresholds)))
+        planes = k.unstack(above.share)
+        ulp = ctx.public(np.array(1, dtype=np.int64))
+        clamped, _ = mul_bit(ctx, Bits(planes[-1]), add_public(ctx, x, k.neg(ulp)))
+        clamped = add_public(ctx, clamped, ulp)
+        below = bits_to_arith(ctx, Bits(k.stack(planes[:-1], axis=0)))  # c_1..c_{f-1}
+        # b_j = 1 - c_j
+        ones = ctx.public(np.ones((f - 1,) + shape, dtype=np.int64))
+        b = add_public(ctx, neg(ctx, below), ones)
+        weights = np.array([1 << (j - 1) for j in range(1, f)], dtype=np.int64).reshape((f - 1,) + (1,) * len(shape))
+        power = add_public(ctx, Shared(k.sum(k.mul(b.share, ctx.public(weights)), axis=0)), ctx.public(np.array(1)))
+        count = Shared(k.sum(b.share, axis=0))
+        m = beaver(ctx, clamped, power, k.mul, shape)
+        u = add_constant(ctx, m, -0.75)
+        acc = add_constant(ctx, Shared(k.zeros(shape)), LOG_COEFFICIENTS[0])
+        for c in LOG_COEFFICIENTS[1:]:
+            acc = add_constant(ctx, truncate(ctx, beaver(ctx, acc, u, k.mul, shape)), c)
+        ln2 = int(round(math.log(2) * scale))
+        return sub(ctx, acc, mul_public_int(ctx, count, ctx.public(np.array(ln2))))
+
+
+def batch_metrics(
+    ctx: PartyContext, head: LossHead, p: Shared, y: Shared, with_accuracy: bool
+) -> Shared:
+    """[(summed loss, summed accuracy)] over the batch's rows, both fixed point.
+
+    Cross-entropy reads ln(p) through ``log_unit`` (so a row's loss is at most f ln 2,
+    11.1 at f = 16, where Keras clips at 16.1); MSE is exact up to rounding.
+    Accuracy: a softmax row is right when p_true >= p_c for every class c (C comparisons
+    in one call, then one on their count: 12 rounds); the one-hot product p_true is kept
+    at 2f fractional bits, so it equals the winning p_c exactly.  Sigmoid units compare
+    p > 1/2 with y.
+    """
+    k = ctx.kernels
+    n, width = k.shape(p.share)
+    scale = ctx.numerics.scale
+    zero = Shared(k.zeros(()))
+    with ctx.messenger.label("metrics"):
+        if head.link is None:  # mean squared error
+            diff = sub(ctx, p, y)
+            sq = truncate(ctx, beaver(ctx, diff, diff, k.mul, (n, width)))
+            loss = truncate(ctx, mul_public_int(ctx, Shared(k.sum(sq.share, axis=(0, 1))),
+                                                ctx.public(np.array(round(scale / width)))))
+            return Shared(k.stack([loss.share, zero.share], axis=0))
+        if head.link == "softmax":
+            wide = Shared(k.sum(beaver(ctx, p, y, k.mul, (n, width)).share, axis=1))  # p_true * 2^2f
+            p_true = truncate(ctx, wide)
+            loss = neg(ctx, Shared(k.sum(log_unit(ctx, p_true).share, axis=0)))
+            if not with_accuracy:
+                return Shared(k.stack([loss.share, zero.share], axis=0))
+            # a row is right when p_true >= p_c for all C classes: count those, compare with C
+            lifted = mul_public_int(ctx, p, ctx.public(np.array(scale)))
+            gaps = sub(ctx, Shared(k.broadcast_to(k.reshape(wide.share, (n, 1)), (n, width))), lifted)
+            wins = bits_to_arith(ctx, ge_zero(ctx, gaps))
+            count = add_public(ctx, Shared(k.sum(wins.share, axis=1)), ctx.public(np.array(-width)))
+            hit = bits_to_arith(ctx, ge_zero(ctx, count))
+            hits = mul_public_int(ctx, Shared(k.sum(hit.share, axis=0)), ctx.public(np.array(scale)))
+            return Shared(k.stack([loss.share, hits.share], axis=0))
+        # sigmoid: -(y ln p + (1 - y) ln(1 - p)), mean over units
+        both = Shared(k.stack([p.share, add_constant(ctx, neg(ctx, p), 1.0).share], axis=0))
+        logs = log_unit(ctx, both)
+        log_p, log_q = k.unstack(logs.share)
+        per_unit = add(ctx, truncate(ctx, beaver(ctx, y, Shared(k.sub(log_p, log_q)), k.mul, (n, width))), Shared(log_q))
+        loss = neg(ctx, Shared(k.sum(per_unit.share, axis=(0, 1))))
+        loss = truncate(ctx, mul_public_int(ctx, loss, ctx.public(np.array(round(scale / width)))))
+        if not with_accuracy:
+            return Shared(k.stack([loss.share, zero.share], axis=0))
+        above = ge_zero(ctx, add_constant(ctx, p, -0.5 - 1.0 / scale))  # p > 1/2
+        by, b = mul_bit(ctx, above, y)
+        b_fixed = mul_public_int(ctx, b, ctx.public(np.array(scale)))
+        # correct = 1 - b - y + 2 b y, per unit; summed, then divided by the width
+        agree = add_constant(ctx, sub(ctx, add(ctx, by, by), add(ctx, b_fixed, y)), 1.0)
+        hits = truncate(ctx, mul_public_int(ctx, Shared(k.sum(agree.share, axis=(0, 1))),
+                                            ctx.public(np.array(round(scale / width)))))
+        return Shared(k.stack([loss.share, hits.share], axis=0))
+
+
+def overflow_flags(ctx: PartyContext, checked: list[Shared], bound: float) -> Shared:
+    """[v_l >= 1] per checked tensor (integer 0/1): does any |x| exceed ``bound``?"""
+    k = ctx.kernels
+    sizes = [int(np.prod(k.shape(v.share))) for v in checked]
+    flat = k.concat([k.reshape(v.share, (-1,)) for v in checked], axis=0)
+    limit = int(round(bound * ctx.numerics.scale))
+    with ctx.messenger.label("overflow_check"):
+        lower = add_public(ctx, Shared(flat), ctx.public(np.array(limit)))
+        upper = add_public(ctx, Shared(k.neg(flat)), ctx.public(np.array(limit)))
+        inside = bits_to_arith(ctx, ge_zero(ctx, Shared(k.concat([lower.share, upper.share], axis=0))))
+        both = k.reshape(inside.share, (2, -1))
+        counts, start = [], 0
+        for size in sizes:
+            counts.append(k.sum(k.gather(both, np.arange(start, start + size), axis=1), axis=(0, 1)))
+            start += size
+        # violations v_l = 2 n_l - sum(inside); flag = [v_l - 1 >= 0]
+        totals = ctx.public(np.array([2 * s - 1 for s in sizes], dtype=np.int64))
+        violations = add_public(ctx, Shared(k.neg(k.stack(counts, axis=0))), totals)
+        return bits_to_arith(ctx, ge_zero(ctx, violations))
+
+
+def sgd_step(
+    ctx: PartyContext, params: dict[str, Any], velocity: dict[str, Shared], grads: Mapping[str, Shared],
+    learning_rate: float, momentum: float,
+) -> None:
+    """Keras 3 SGD on shares: v <- m v - lr g; w <- w + v (w <- w - lr g when m = 0).
+
+    One local truncation per parameter (m v - lr g is formed at 2f fractional bits).
+    """
+    lr = ctx.public(np.array(int(round(learning_rate * ctx.numerics.scale))))
+    mom = ctx.public(np.array(int(round(momentum * ctx.numerics.scale))))
+    with ctx.messenger.label("sgd"):
+        for name, g in grads.items():
+            current = params[name].value if isinstance(params[name], Masked) else params[name]
+            step = neg(ctx, mul_public_int(ctx, g, lr))
+            if momentum:
+                if name in velocity:
+                    step = add(ctx, step, mul_public_int(ctx, velocity[name], mom))
+                velocity[name] = truncate(ctx, step)
+                params[name] = add(ctx, current, velocity[name])
+            else:
+                params[name] = add(ctx, current, truncate(ctx, step))
+
+
+def remask(ctx: PartyContext, program: Program, params: dict[str, Any]) -> None:
+    """Mask the updated kernels once for the next batch's forward and backward products."""
+    for name in masked_parameter_names(program):
+        p = params[name]
+        if not isinstance(p, Masked):
+            params[name] = mask_operand(ctx, p)
+
+
+# -- the executable ---------------------------------------------------------------------------------
+
+class SecureTrainingExecutable(TrainingExecutable):
+    """Encrypted training of one Program on two compute parties and a dealer.
+
+    ``metrics``: names of accuracy metrics to report ("accuracy", ...); the loss is
+    always reported.  ``check_overflow`` / ``overflow_bound``: see the module docstring.
+    """
+
+    def __init__(
+        self,
+        program: Program,
+        weights: Mapping[str, np.ndarray],
+        kernels: RingKernels,
+        *,
+        metrics: tuple[str, ...] = (),
+        check_overflow: bool = True,
+        overflow_bound: float = DEFAULT_OVERFLOW_BOUND,
+        timeout_s: float = 60.0,
+        runner: PartyRunner | None = None,
+    ) -> None:
+        validate_program(program)
+        self.head = loss_head(program)
+        if not 0 < overflow_bound < 2.0 ** (62 - 2 * program.numerics.frac_bits):
+            raise ValueError(
+                f"overflow_bound must be in (0, 2^{62 - 2 * program.numerics.frac_bits}) so that a flagged "
+                f"value cannot have wrapped the ring; received {overflow_bound}"
+            )
+        self.program = program
+        self.metrics = tuple(metrics)
+        self.check_overflow = check_overflow
+        self.overflow_bound = float(overflow_bound)
+        placement = program.placement
+        compute, dealer = compute_and_dealer(program)
+        self.owner = placement.param_owner
+        self.parties: PartyRunner = runner or ThreadedParties(
+            placement.names, kernels, program.numerics, compute, dealer, timeout_s
+        )
+        validate_weights(program, weights)
+        prepared = secure_parameters(program, weights)
+        before = self.parties.stats.snapshot()
+        self._params: dict[str, dict[str, Any]] = self.parties.run(
+            lambda ctx: setup_party(ctx, program, prepared if ctx.name == self.owner else None)
+        )
+        self.setup_stats: CommStats = self.parties.stats.since(before)
+        self._velocity: dict[str, dict[str, Shared]] = {p: {} for p in self.parties.contexts}
+        self._data: dict[str, dict[str, tuple[Shared, Shared]]] = {p: {} for p in self.parties.contexts}
+        self._rows: dict[str, int] = {}
+        self._input = next(iter(program.graph.inputs))
+        self._checked = [n for n in program.graph.nodes if n.op.kind in CHECKED_KINDS]
+        self.step_count = 0
+        self.last_stats: CommStats | None = None
+
+    # -- data ----------------------------------------------------------------------------------
+    def load_data(self, data: Mapping[str, tuple[np.ndarray, np.ndarray]], split: str = "train") -> int:
+        """Each owner shares its rows and one-hot labels (8 bytes per value to each compute party)."""
+        names = set(self.program.placement.names)
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"data owners {unknown} are not parties of the placement {sorted(names)}; "
+                "add them to the placement (fit_encrypted does this from the data's keys)"
+            )
+        feature = self.program.graph.inputs[self._input].feature_shape
+        plain: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for owner, (x, y) in data.items():
+            x = np.asarray(x, dtype=np.float64)
+            if x.shape[1:] != feature:
+                raise ValueError(
+                    f"{owner}'s x has shape {x.shape}; the model takes (rows, {', '.join(map(str, feature))})"
+                )
+            labels = encode_labels(self.head, y)
+            if len(labels) != len(x):
+                raise ValueError(f"{owner} gave {len(x)} rows of x but {len(labels)} labels")
+            plain[owner] = (x, labels)
+
+        def share(ctx: PartyContext) -> None:
+            xs, ys = [], []
+            for owner, (x, labels) in plain.items():
+                mine = ctx.name == owner
+                xs.append(share_input(ctx, owner, x if mine else None, x.shape, f"{split}:{owner}:x"))
+                ys.append(share_input(ctx, owner, labels if mine else None, labels.shape, f"{split}:{owner}:y"))
+            if ctx.in_protocol:
+                k = ctx.kernels
+                self._data[ctx.name][split] = (
+                    Shared(k.concat([s.share for s in xs], axis=0)),
+                    Shared(k.concat([s.share for s in ys], axis=0)),
+                )
+
+        self.parties.run(share)
+        self._rows[split] = sum(len(x) for x, _ in plain.values())
+        return self._rows[split]
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _receivers(self) -> tuple[str, ...]:
+        placement = self.program.placement
+        compute, dealer = compute_and_dealer(self.program)
+        return tuple(dict.fromkeys((*compute, dealer, placement.param_owner)))
+
+    def _step(self, rows: np.ndarray, split: str, train: bool) -> StepResult:
+        if split not in self._rows:
+            raise ValueError(f"no {split!r} data loaded; call load_data(..., split={split!r}) first")
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0 or rows.min() < 0 or rows.max() >= self._rows[split]:
+            raise ValueError(f"rows must index the {self._rows[split]} {split!r} rows; received {rows.size} indices")
+        program, head = self.program, self.head
+        spec = program.training
+        assert spec is not None
+        receivers = self._receivers()
+
+        def step(ctx: PartyContext) -> Any:
+            k = ctx.kernels
+            params = self._params.get(ctx.name)
+            values: dict[str, Shared] = {}
+            caches: dict[str, Any] = {}
+            if ctx.in_protocol:
+                x_all, y_all = self._data[ctx.name][split]
+                x = Shared(k.gather(x_all.share, rows, axis=0))
+                y = Shared(k.gather(y_all.share, rows, axis=0))
+                values, caches = secure_forward(ctx, program, params, {self._input: x}, training=train)
+            if self.check_overflow and self._checked:
+                flags = overflow_flags(ctx, [values[n.output] for n in self._checked], self.overflow_bound) \
+                    if ctx.in_protocol else None
+                seen = reveal_to(ctx, flags, receivers, "overflow")
+                if seen is not None and np.any(seen > 0):
+                    return ("overflow", [n.name for n, f in zip(self._checked, seen) if f > 0])
+            summary = None
+            if ctx.in_protocol:
+                p = probabilities(ctx, head, values)
+                summary = batch_metrics(ctx, head, p, y, bool(self.metrics))
+                if train:
+                    seed = loss_gradient(ctx, head, p, y)
+                    grads, _ = secure_backward(ctx, program, params, values, caches, {head.seed: seed})
+                    sgd_step(ctx, params, self._velocity[ctx.name], grads,
+                             spec.optimizer.learning_rate, spec.optimizer.momentum)
+                    remask(ctx, program, params)
+            return ("metrics", reveal_to(ctx, summary, (self.owner,), "metrics"))
+
+        before = self.parties.stats.snapshot()
+        results = self.parties.run(step)
+        self.last_stats = self.parties.stats.since(before)
+        kind, payload = results[self.owner]
+        if kind == "overflow":
+            later = f" (and after it in {payload[1:]})" if len(payload) > 1 else ""
+            raise TrainingOverflowError(
+                f"fixed-point overflow in layer {payload[0]!r}{later}: some |activation| exceeded "
+                f"{self.overflow_bound:g} at step {self.step_count + 1} ({split}). Training stopped; the model "
+                "was not updated from this batch on. Lower the learning rate, normalise the inputs, or raise "
+                "overflow_bound (values must stay well below 2^(63 - 2 frac_bits) in fixed point)."
+            )
+        if train:
+            self.step_count += 1
+        count = len(rows)
+        loss_sum, hits = (float(v) for v in payload)
+        return StepResult(loss_sum / count, {m: hits / count for m in self.metrics}, count, self.last_stats)
+
+    def train_batch(self, rows: np.ndarray) -> StepResult:
+        return self._step(rows, "train", train=True)
+
+    def evaluate_batch(self, rows: np.ndarray, split: str = "validation") -> StepResult:
+        return self._step(rows, split, train=False)
+
+    # -- results -------------------------------------------------------------------------------
+    def weights(self) -> dict[str, np.ndarray]:
+        """Reveal the parameters to the model owner; refuse any beyond the overflow bound."""
+        names = sorted(self.program.graph.parameters)
+
+        def reveal(ctx: PartyContext) -> dict[str, np.ndarray]:
+            out = {}
+            for name in names:
+                p = self._params[ctx.name].get(name) if ctx.in_protocol else None
+                share = p.value if isinstance(p, Masked) else p
+                value = reveal_to(ctx, share, (self.owner,), f"trained {name}")
+                if value is not None:
+                    out[name] = value
+            return out
+
+        revealed = self.parties.run(reveal)[self.owner]
+        if self.check_overflow:
+            bad = sorted(n for n, v in revealed.items() if np.max(np.abs(v), initial=0.0) >= self.overflow_bound)
+            if bad:
+                raise TrainingOverflowError(
+                    f"trained parameters {bad} exceed the overflow bound {self.overflow_bound:g}: a fixed-point "
+                    "overflow corrupted the last update. Lower the learning rate and train again."
+                )
+        specs = self.program.graph.parameters
+        return {n: revealed[n].astype(specs[n].dtype) for n in names}
+
+    def serving(self, placement: Placement | None = None) -> Executable:
+        """The trained model, still shared, as an encrypted-serving executable.
+
+        ``placement`` (same party names) says who sends queries and gets answers; by
+        default the training placement's input owner and output receivers.
+        """
+        program = self.program.model_copy(
+            update={"privacy": PrivacyMode.ENCRYPTED_SERVING, "training": None,
+                    "placement": placement or self.program.placement}
+        )
+        validate_program(program)
+        missing = sorted(set(program.placement.names) - set(self.parties.contexts))
+        if missing:
+            raise BackendError(f"serving placement names parties {missing} that did not take part in training")
+        return _SharedModel(program, self.parties, self._params)
+
+    def close(self) -> None:
+        self._data = {p: {} for p in self._data}
+
+
+class _SharedModel(SecureExecutable):
+    """A SecureExecutable over parameters that are already shared and masked (after training)."""
+
+    def __init__(self, program: Program, parties: PartyRunner, params: dict[str, dict[str, Any]]) -> None:
+        self.program = program
+        self.parties = parties
+        self._params = params
+        self.setup_stats = CommStats()
+        self.last_stats = None
