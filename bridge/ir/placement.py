@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 
 class Role(str, Enum):
@@ -20,6 +20,11 @@ class Party(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
     roles: frozenset[Role]
+
+    @field_serializer("roles", when_used="json")
+    def _sorted_roles(self, roles: frozenset[Role]) -> list[str]:
+        # A set iterates in hash order, which varies per process: sort so saved files are stable.
+        return sorted(role.value for role in roles)
 
 
 class Placement(BaseModel):
