@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -56,3 +60,31 @@ def test_weight_names_with_slashes_survive_npz(tmp_path):
     loaded, loaded_weights = load_program(tmp_path)
     assert loaded == program
     _assert_same_weights(loaded_weights, weights)
+
+
+_SAVE_TINY = """
+import sys
+from bridge.ir import save_program
+from tests.ir.test_validation import tiny_program
+save_program(sys.argv[1], *tiny_program())
+"""
+
+
+def test_saved_files_are_byte_stable_across_processes(tmp_path):
+    # Party roles are a set, which iterates in per-process hash order: the file must not.
+    root = Path(__file__).resolve().parents[2]
+    for seed in ("1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        subprocess.run([sys.executable, "-c", _SAVE_TINY, str(tmp_path / seed)], cwd=root, env=env, check=True)
+    texts = {(tmp_path / s / STRUCTURE_FILE).read_bytes() for s in ("1", "2", "3")}
+    assert len(texts) == 1
+
+
+def test_save_load_save_is_a_fixed_point(tmp_path):
+    from tests.ir.test_validation import tiny_program
+
+    save_program(tmp_path / "a", *tiny_program())
+    save_program(tmp_path / "b", *load_program(tmp_path / "a"))
+    assert (tmp_path / "a" / STRUCTURE_FILE).read_bytes() == (tmp_path / "b" / STRUCTURE_FILE).read_bytes()
+    with np.load(tmp_path / "a" / WEIGHTS_FILE) as a, np.load(tmp_path / "b" / WEIGHTS_FILE) as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
