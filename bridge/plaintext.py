@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge.backend import Backend, Capabilities, Executable, RunResult
+from bridge.backend import Backend, Capabilities, Executable, RunResult, TrainingExecutable
 from bridge.ir import PrivacyMode, Program, validate_program, validate_weights
 from bridge.ir.ops import OP_KINDS
 from bridge.reference import as_float64, check_inputs, evaluate
@@ -50,3 +50,15 @@ class PlaintextBackend(Backend):
         validate_weights(program, weights)
         self.check_supported(program)
         return PlaintextExecutable(program, weights)
+
+    def prepare_training(
+        self, program: Program, weights: Mapping[str, np.ndarray], **options: Any
+    ) -> TrainingExecutable:
+        """Training in the clear, in float64 (``bridge.reference_train``): the baseline of
+        encrypted training.  Option: ``metrics`` (accuracy names)."""
+        from bridge.reference_train import ReferenceTrainingExecutable
+
+        metrics = tuple(options.pop("metrics", ()))
+        if options:
+            raise TypeError(f"plaintext training takes only the option 'metrics', received {sorted(options)}")
+        return ReferenceTrainingExecutable(program, weights, metrics)

@@ -1,0 +1,338 @@
+"""Encrypted training with Keras' ``fit`` semantics.
+
+``training_spec(model, ...)`` reads what ``model.compile()`` said into the IR's
+``TrainingSpec`` and refuses anything it cannot honour, saying what is supported:
+
+  loss       "mse" / MeanSquaredError; "binary_crossentropy" on a sigmoid output;
+             "categorical_crossentropy" / "sparse_categorical_crossentropy" on a softmax
+             output; the loss objects with ``from_logits=True`` on a linear output.
+             No label smoothing, no other reduction than the default.
+  optimizer  keras.optimizers.SGD(learning_rate=<float>, momentum=<float>) only: no
+             nesterov, weight decay, gradient clipping, EMA, loss scaling or
+             learning-rate schedules; no other optimizer (Adam, RMSprop, ...).
+  metrics    "accuracy" (or "acc", "categorical_accuracy", "sparse_categorical_accuracy",
+             "binary_accuracy") for classification losses; none other.
+
+``fit_encrypted(model, backend, data, ...)`` trains: the model owner shares the
+initial weights, each data owner in ``data`` shares its own ``(x, y)`` (labels stay
+secret), batches run in ``bridge.reference_train.batch_schedule`` order, and the
+trained weights are written back into ``model``, or, with ``keep_shared=True``,
+stay secret-shared on the backend: the returned History's ``serving`` attribute is
+then an encrypted-serving Executable over them, and ``model`` is left unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from bridge.backend import Backend, TrainingExecutable
+from bridge.ir import Loss, Numerics, Party, Placement, PrivacyMode, Program, Role, SGDSpec, TrainingSpec
+from bridge.reference_train import TrainingRefused, batch_schedule
+
+SUPPORTED_LOSSES = (
+    "'mse', 'binary_crossentropy' (sigmoid output), 'categorical_crossentropy' or "
+    "'sparse_categorical_crossentropy' (softmax output), or their Loss objects with from_logits=True"
+)
+SUPPORTED_OPTIMIZER = "keras.optimizers.SGD(learning_rate=<float>, momentum=<float in [0, 1)>)"
+ACCURACY_METRICS = ("accuracy", "acc", "categorical_accuracy", "sparse_categorical_accuracy", "binary_accuracy")
+
+_LOSS_NAMES = {
+    "mse": Loss.MSE,
+    "mean_squared_error": Loss.MSE,
+    "meansquarederror": Loss.MSE,
+    "binary_crossentropy": Loss.BINARY_CROSSENTROPY,
+    "binarycrossentropy": Loss.BINARY_CROSSENTROPY,
+    "categorical_crossentropy": Loss.CATEGORICAL_CROSSENTROPY,
+    "categoricalcrossentropy": Loss.CATEGORICAL_CROSSENTROPY,
+    "sparse_categorical_crossentropy": Loss.SPARSE_CATEGORICAL_CROSSENTROPY,
+    "sparsecategoricalcrossentropy": Loss.SPARSE_CATEGORICAL_CROSSENTROPY,
+}
+#: SGD config entries and the only values encrypted training honours
+_SGD_DEFAULTS: dict[str, Any] = {
+    "nesterov": False,
+    "weight_decay": None,
+    "clipnorm": None,
+    "clipvalue": None,
+    "global_clipnorm": None,
+    "use_ema": False,
+    "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+}
+
+
+# -- compile() -> TrainingSpec ------------------------------------------------------------------
+
+def _loss(model: Any) -> tuple[Loss, bool]:
+    loss = getattr(model, "loss", None)
+    if loss is None:
+        raise TrainingRefused(f"the model is not compiled with a loss; call model.compile(loss=..., optimizer=...) with {SUPPORTED_LOSSES}")
+    if isinstance(loss, (list, tuple, dict)):
+        raise TrainingRefused(f"encrypted training takes one loss for one output; received {loss!r}")
+    if isinstance(loss, str):
+        name, config = loss, {}
+    elif hasattr(loss, "get_config"):
+        name, config = type(loss).__name__, dict(loss.get_config())
+    else:
+        name, config = getattr(loss, "__name__", repr(loss)), {}
+    kind = _LOSS_NAMES.get(name.lower())
+    if kind is None:
+        raise TrainingRefused(f"loss {name!r} is not supported by encrypted training; use {SUPPORTED_LOSSES}")
+    if config.get("label_smoothing"):
+        raise TrainingRefused(f"loss {name} has label_smoothing={config['label_smoothing']}; use label_smoothing=0")
+    if config.get("ignore_class") is not None:
+        raise TrainingRefused(f"loss {name} has ignore_class={config['ignore_class']}; use ignore_class=None")
+    if config.get("axis", -1) != -1:
+        raise TrainingRefused(f"loss {name} has axis={config['axis']}; only axis=-1 is supported")
+    if config.get("reduction", "sum_over_batch_size") != "sum_over_batch_size":
+        raise TrainingRefused(
+            f"loss {name} has reduction={config['reduction']!r}; only 'sum_over_batch_size' (the default) is supported"
+        )
+    return kind, bool(config.get("from_logits", False))
+
+
+def _optimizer(model: Any) -> SGDSpec:
+    import keras
+
+    opt = getattr(model, "optimizer", None)
+    if opt is None:
+        raise TrainingRefused(f"the model is not compiled with an optimizer; use {SUPPORTED_OPTIMIZER}")
+    if type(opt) is not keras.optimizers.SGD:
+        raise TrainingRefused(
+            f"optimizer {type(opt).__name__} is not supported by encrypted training (its update needs "
+            f"divisions and square roots of secret values); use {SUPPORTED_OPTIMIZER}"
+        )
+    config = opt.get_config()
+    for key, default in _SGD_DEFAULTS.items():
+        if config.get(key, default) not in (default, 0.0 if default is None else default):
+            raise TrainingRefused(f"SGD option {key}={config[key]!r} is not supported; use {SUPPORTED_OPTIMIZER} with {key}={default!r}")
+    rate = config.get("learning_rate")
+    if not isinstance(rate, (int, float)):
+        raise TrainingRefused(
+            f"SGD learning_rate must be a constant float, received a schedule ({rate!r}); use {SUPPORTED_OPTIMIZER}"
+        )
+    return SGDSpec(learning_rate=float(rate), momentum=float(config.get("momentum", 0.0)))
+
+
+def compiled_metrics(model: Any, loss: Loss) -> tuple[str, ...]:
+    """The accuracy metric names requested in ``compile(metrics=...)``; refuse any other."""
+    try:
+        requested = model.get_compile_config().get("metrics") or []
+    except (AttributeError, TypeError):
+        requested = []
+    names = []
+    for metric in requested if isinstance(requested, (list, tuple)) else [requested]:
+        name = metric if isinstance(metric, str) else (metric or {}).get("config", {}).get("name", repr(metric))
+        if name not in ACCURACY_METRICS:
+            raise TrainingRefused(
+                f"metric {name!r} is not computed under encryption; encrypted training reports the loss and "
+                f"{list(ACCURACY_METRICS)}. Compile without it (evaluate the trained model in the clear instead)."
+            )
+        if loss == Loss.MSE:
+            raise TrainingRefused(f"metric {name!r} needs a classification loss; the model is compiled with 'mse'")
+        names.append(name)
+    return tuple(names)
+
+
+def training_spec(model: Any, *, epochs: int = 1, batch_size: int = 32, shuffle: bool = True) -> TrainingSpec:
+    """``model.compile()``'s loss and optimizer, and ``fit``'s loop settings, as IR."""
+    loss, from_logits = _loss(model)
+    return TrainingSpec(
+        loss=loss, from_logits=from_logits, optimizer=_optimizer(model),
+        epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+    )
+
+
+# -- placement ---------------------------------------------------------------------------------
+
+def training_placement(
+    program: Program,
+    data_owners: list[str],
+    parties: Placement | Mapping[str, Any] | None = None,
+) -> Placement:
+    """Model owner, the data owners, two compute parties and a dealer.
+
+    ``parties`` is a Placement (used as is: it must list the data owners) or keyword
+    settings ``model_owner``, ``compute`` (two names), ``dealer``.  The first data
+    owner is recorded as the input owner and output receiver, which is who a
+    model kept shared (``keep_shared=True``) serves by default.
+    """
+    if isinstance(parties, Placement):
+        missing = sorted(set(data_owners) - set(parties.names))
+        if missing:
+            raise ValueError(f"data owners {missing} are not parties of the given placement {list(parties.names)}")
+        return parties
+    settings = dict(parties or {})
+    settings.pop("data_owner", None)
+    unknown = sorted(set(settings) - {"model_owner", "compute", "dealer"})
+    if unknown:
+        raise TypeError(f"unknown placement settings {unknown}; use model_owner, compute, dealer (or pass a Placement)")
+    model_owner = settings.get("model_owner", "model_owner")
+    compute = tuple(settings.get("compute", ("server0", "server1")))
+    dealer = settings.get("dealer", "dealer")
+    names = [model_owner, *data_owners, *compute, dealer]
+    if len(set(names)) != len(names):
+        raise ValueError(f"party names must be distinct, received {names}")
+    roles = {model_owner: {Role.MODEL_OWNER}, dealer: {Role.DEALER}}
+    roles.update({c: {Role.COMPUTE} for c in compute})
+    roles.update({d: {Role.DATA_OWNER, Role.CLIENT} for d in data_owners})
+    first = data_owners[0]
+    return Placement(
+        parties=tuple(Party(name=n, roles=frozenset(roles[n])) for n in names),
+        input_owners={v: first for v in program.graph.inputs},
+        param_owner=model_owner,
+        output_receivers={v: (first,) for v in program.graph.outputs},
+    )
+
+
+def _owned(data: Any, what: str, parties: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if isinstance(data, Mapping):
+        out = {}
+        for owner, pair in data.items():
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"{what}[{owner!r}] must be an (x, y) pair, received {type(pair).__name__}")
+            out[str(owner)] = (np.asarray(pair[0]), np.asarray(pair[1]))
+        if not out:
+            raise ValueError(f"{what} maps no data owner to data")
+        return out
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        owner = "data_owner"
+        if isinstance(parties, Mapping) and parties.get("data_owner"):
+            owner = str(parties["data_owner"])
+        return {owner: (np.asarray(data[0]), np.asarray(data[1]))}
+    raise ValueError(
+        f"{what} must map data-owner names to (x, y) pairs, e.g. {{'alice': (x_a, y_a), 'bob': (x_b, y_b)}}, "
+        f"or be one (x, y) pair for a single local data owner; received {type(data).__name__}"
+    )
+
+
+# -- fit ------------------------------------------------------------------------------------------
+
+def _mean(results: list[Any], key: str | None) -> float:
+    total = sum(r.count for r in results)
+    return sum((r.loss if key is None else r.metrics[key]) * r.count for r in results) / total
+
+
+def fit_encrypted(
+    model: Any,
+    backend: Backend,
+    data: Any,
+    *,
+    epochs: int = 1,
+    batch_size: int | None = None,
+    validation_data: Any = None,
+    callbacks: list[Any] | None = None,
+    verbose: str | int = "auto",
+    shuffle: bool = True,
+    seed: int = 0,
+    keep_shared: bool = False,
+    parties: Placement | Mapping[str, Any] | None = None,
+    check_overflow: bool = True,
+    overflow_bound: float | None = None,
+    numerics: Numerics | None = None,
+    timeout_s: float | None = None,
+    device: str | None = None,
+    **unsupported: Any,
+) -> Any:
+    """Train ``model`` on ``backend`` like ``model.fit``; returns a ``keras.callbacks.History``.
+
+    data: {data_owner: (x, y)}, or one (x, y) pair (a single local data owner).
+    validation_data: (x, y) or {owner: (x, y)}; shared by its owner (the first data
+      owner for a plain pair) and evaluated after each epoch: val_loss, val_<metric>.
+    seed, shuffle: the batch order, ``bridge.reference_train.batch_schedule``.
+    keep_shared: leave the trained weights secret-shared; ``history.serving`` is an
+      encrypted-serving Executable over them and ``model``'s weights are not touched.
+    parties: a Placement, or {"model_owner", "compute", "dealer"} names.
+    check_overflow, overflow_bound: the fixed-point overflow check of
+      ``bridge.mpc.training`` (on by default).
+    """
+    import keras
+
+    from frontends.keras.importer import to_ir
+
+    if unsupported:
+        raise TypeError(
+            f"fit arguments {sorted(unsupported)} are not supported by encrypted training; it takes epochs, "
+            "batch_size, validation_data, callbacks, verbose, shuffle, seed, keep_shared, parties, "
+            "check_overflow, overflow_bound, numerics, timeout_s, device"
+        )
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, received {epochs}")
+    batch_size = batch_size or 32
+    spec = training_spec(model, epochs=max(epochs, 1), batch_size=batch_size, shuffle=shuffle)
+    metrics = compiled_metrics(model, spec.loss)
+    owned = _owned(data, "data", parties)
+    program, weights = to_ir(model, numerics=numerics, privacy=PrivacyMode.ENCRYPTED_TRAINING)
+    program = program.model_copy(update={"training": spec})
+    program = program.model_copy(update={"placement": training_placement(program, list(owned), parties)})
+
+    options: dict[str, Any] = {"metrics": metrics}
+    if backend.name != "plaintext":
+        options["check_overflow"] = check_overflow
+        if overflow_bound is not None:
+            options["overflow_bound"] = overflow_bound
+        if timeout_s is not None:
+            options["timeout_s"] = timeout_s
+        if device is not None:
+            options["device"] = device
+    executable: TrainingExecutable = backend.prepare_training(program, weights, **options)
+    try:
+        rows = executable.load_data(owned, split="train")
+        val_rows = 0
+        if validation_data is not None:
+            first = next(iter(owned))
+            val = _owned(validation_data, "validation_data", {"data_owner": first})
+            val_rows = executable.load_data(val, split="validation")
+
+        steps = -(-rows // batch_size)
+        callback_list = keras.callbacks.CallbackList(
+            callbacks, add_history=True, add_progbar=verbose not in (0, "silent"),
+            verbose=1 if verbose == "auto" else verbose, epochs=epochs, steps=steps, model=model,
+        )
+        model.stop_training = False
+        callback_list.on_train_begin()
+        epoch_logs: dict[str, float] = {}
+        for epoch in range(epochs):
+            callback_list.on_epoch_begin(epoch)
+            results = []
+            for step, batch in enumerate(batch_schedule(rows, batch_size, epoch, seed, shuffle)):
+                callback_list.on_train_batch_begin(step)
+                results.append(executable.train_batch(batch))
+                logs = {"loss": _mean(results, None), **{m: _mean(results, m) for m in metrics}}
+                callback_list.on_train_batch_end(step, logs)
+                if model.stop_training:
+                    break
+            epoch_logs = {"loss": _mean(results, None), **{m: _mean(results, m) for m in metrics}}
+            if val_rows:
+                val_results = [
+                    executable.evaluate_batch(b, "validation")
+                    for b in batch_schedule(val_rows, batch_size, 0, seed, shuffle=False)
+                ]
+                epoch_logs["val_loss"] = _mean(val_results, None)
+                epoch_logs.update({f"val_{m}": _mean(val_results, m) for m in metrics})
+            callback_list.on_epoch_end(epoch, epoch_logs)
+            if model.stop_training:
+                break
+        history = model.history
+        if keep_shared:
+            history.serving = executable.serving()
+        else:
+            trained = executable.weights()
+            _write_back(model, trained)
+            executable.close()
+        callback_list.on_train_end(logs=epoch_logs)
+        return history
+    except BaseException:
+        executable.close()
+        raise
+
+
+def _write_back(model: Any, trained: Mapping[str, np.ndarray]) -> None:
+    """Assign each trained parameter ``layer/role`` to the Keras variable it came from."""
+    for layer in model.layers:
+        for variable in layer.weights:
+            name = f"{layer.name}/{variable.path.rsplit('/', 1)[-1]}"
+            if name in trained:
+                variable.assign(np.asarray(trained[name], dtype=variable.dtype))
