@@ -246,7 +246,10 @@ class TorchKernels(RingKernels):
         return F.pad(a, flat, mode="constant", value=0) if any(flat) else a
 
     def _index(self, indices: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(indices.reshape(-1))).to(self.device)
+        flat = np.ascontiguousarray(indices.reshape(-1))
+        if not flat.flags.writeable:  # cached plans are read-only; torch wants writable memory
+            flat = flat.copy()
+        return torch.from_numpy(flat).to(self.device)
 
     def gather(self, a: torch.Tensor, indices: np.ndarray, axis: int) -> torch.Tensor:
         axis = normalize_axis(axis, a.dim())
