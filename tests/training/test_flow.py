@@ -104,10 +104,11 @@ def test_overflow_check_cost_is_measured_and_optional(secure_backend):
         if not check:
             assert not any("overflow" in label for label in stats.snapshot()["s0"])
     extra_bytes, extra_rounds = sent[True][0] - sent[False][0], sent[True][1] - sent[False][1]
-    checked = 64 * (32 + 10)
-    # two comparisons per checked element (26.25 bytes each at compare_bits=64) + bit conversions
-    assert 2 * 26 * checked < extra_bytes < 2 * 27 * checked + 1000
-    assert extra_rounds <= 12
+    # one comparison per element of dense_0 (it feeds a ReLU), two per logit; 26.25 bytes each at
+    # compare_bits=64, plus bit conversions (1 bit each)
+    comparisons = 64 * 32 + 2 * 64 * 10
+    assert 26 * comparisons < extra_bytes < 27 * comparisons + 1000
+    assert extra_rounds <= 13
 
 
 def test_kept_shared_model_serves_what_was_trained(secure_backend):

@@ -99,6 +99,20 @@ def test_overflow_flags_name_exactly_the_tensors_out_of_bound(parties):
     np.testing.assert_array_equal(np.round(flags * 2**16), [0, 1, 1, 0])
 
 
+def test_overflow_flags_read_the_magnitude_from_a_relu_output(parties):
+    bound = 1024.0
+    x = np.random.default_rng(4).uniform(-1000, 1000, size=(3, 6))
+    neg, pos = x.copy(), x.copy()
+    neg[1, 1], pos[2, 5] = -3000.0, 1500.0
+
+    def check(ctx, a, ra, b, rb, c, rc):
+        return overflow_flags(ctx, [a, b, c], bound, [ra, rb, rc])
+
+    relu = lambda v: np.maximum(v, 0)  # noqa: E731
+    flags = run(parties, check, x, relu(x), neg, relu(neg), pos, relu(pos))
+    np.testing.assert_array_equal(np.round(flags * 2**16), [0, 1, 1])
+
+
 def test_overflow_flags_catch_a_truncation_wrap(parties):
     """A local-truncation failure adds about 2^(64 - 2f) = 2^32 to a value: always flagged."""
     value = np.zeros((4,))
