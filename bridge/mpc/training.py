@@ -410,8 +410,10 @@ class SecureTrainingExecutable(TrainingExecutable):
         before = self.parties.stats.snapshot()
         results = self.parties.run(step)
         self.last_stats = self.parties.stats.since(before)
-        kind, payload = results[self.owner]
-        if kind == "overflow":
+        # every protocol party and the model owner learn the overflow bits; only the owner the metrics
+        overflow = next((payload for kind, payload in results.values() if kind == "overflow"), None)
+        if overflow is not None:
+            payload = overflow
             later = f" (and after it in {payload[1:]})" if len(payload) > 1 else ""
             raise TrainingOverflowError(
                 f"fixed-point overflow in layer {payload[0]!r}{later}: some |activation| exceeded "
@@ -422,7 +424,9 @@ class SecureTrainingExecutable(TrainingExecutable):
         if train:
             self.step_count += 1
         count = len(rows)
-        loss_sum, hits = (float(v) for v in payload)
+        if self.owner not in results:  # the model owner runs in another process: it got the metrics
+            return StepResult(float("nan"), {m: float("nan") for m in self.metrics}, count, self.last_stats)
+        loss_sum, hits = (float(v) for v in results[self.owner][1])
         return StepResult(loss_sum / count, {m: hits / count for m in self.metrics}, count, self.last_stats)
 
     def train_batch(self, rows: np.ndarray) -> StepResult:
@@ -446,7 +450,12 @@ class SecureTrainingExecutable(TrainingExecutable):
                     out[name] = value
             return out
 
-        revealed = self.parties.run(reveal)[self.owner]
+        results = self.parties.run(reveal)
+        if self.owner not in results:
+            raise BackendError(
+                f"the trained weights go to the model owner {self.owner!r}, which runs in another process"
+            )
+        revealed = results[self.owner]
         if self.check_overflow:
             bad = sorted(n for n, v in revealed.items() if np.max(np.abs(v), initial=0.0) >= self.overflow_bound)
             if bad:
