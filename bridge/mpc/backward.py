@@ -27,7 +27,7 @@ from bridge.ir import Node, Program
 from bridge.mpc import functions
 from bridge.mpc.compare import Bits, mul_bit
 from bridge.mpc.kernels import RingKernels, Tensor
-from bridge.mpc.layers import LayerEnv, Param, conv_plan, extract_patches
+from bridge.mpc.layers import LayerEnv, Param, extract_patches
 from bridge.mpc.party import PartyContext
 from bridge.mpc.protocol import (
     Masked,

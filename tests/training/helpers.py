@@ -27,6 +27,7 @@ from bridge.mpc.layers import secure_forward, secure_parameters
 from bridge.mpc.protocol import reveal_to, share_input
 from bridge.mpc.runtime import ThreadedParties
 from bridge.mpc.session import compute_and_dealer, setup_party
+from bridge.reference_train import batch_schedule
 
 # -- TensorFlow autodiff, the oracle of every backward rule ------------------------------------------
 
@@ -161,3 +162,10 @@ def mlp_program(
     program = Program(graph=graph, placement=training_placement(["x"], [value]),
                       privacy=PrivacyMode.ENCRYPTED_TRAINING, training=spec)
     return program, weights
+
+
+def keras_fit_in_order(model, x, y, epochs, batch_size, seed):
+    """Plaintext Keras training on the batches of ``batch_schedule`` (same order, same sizes)."""
+    for epoch in range(epochs):
+        order = np.concatenate(batch_schedule(len(x), batch_size, epoch, seed))
+        model.fit(x[order], y[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)

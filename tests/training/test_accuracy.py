@@ -6,13 +6,12 @@ Small epochs to fit CI; the full figures come from ``privacy-bridge demo`` / the
 from __future__ import annotations
 
 import keras
-import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
 
 from frontends.keras.training import fit_encrypted
-from tests.training.test_fit import keras_fit_in_order
+from tests.training.helpers import keras_fit_in_order
 
 
 def _digits(image: bool):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bridge.registry import get_backend
-from bridge.reference_train import batch_schedule
 from frontends.keras.training import fit_encrypted
+from tests.training.helpers import keras_fit_in_order
 
 
 def _digits(n: int):
@@ -29,13 +29,6 @@ def _mlp(seed: int = 0, momentum: float = 0.5) -> keras.Model:
     model.compile(optimizer=keras.optimizers.SGD(0.2, momentum=momentum), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     return model
-
-
-def keras_fit_in_order(model, x, y, epochs, batch_size, seed):
-    """Plaintext Keras training on the batches of ``batch_schedule`` (same order, same sizes)."""
-    for epoch in range(epochs):
-        order = np.concatenate(batch_schedule(len(x), batch_size, epoch, seed))
-        model.fit(x[order], y[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
 
 
 class Recorder(keras.callbacks.Callback):
