@@ -25,7 +25,7 @@ x, y = load_digits(return_X_y=True)
 x = (x / 16.0).astype("float32")
 x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
 if args.quick:
-    x_train, y_train = x_train[:256], y_train[:256]
+    x_train, y_train = x_train[:600], y_train[:600]
 half = len(x_train) // 2
 data = {"alice": (x_train[:half], y_train[:half]), "bob": (x_train[half:], y_train[half:])}
 
@@ -41,7 +41,7 @@ model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss="sparse_ca
 
 # --- the one line that makes it private ------------------------------------------------
 private = privatize(model, privacy="encrypted_training", backend=args.backend)
-history = private.fit(data, epochs=1 if args.quick else 10, batch_size=32, verbose=0 if args.quick else "auto")
+history = private.fit(data, epochs=2 if args.quick else 10, batch_size=32, verbose=0 if args.quick else "auto")
 
 # the trained weights are back in the Keras model, held by the model owner
 _, accuracy = model.evaluate(x_test, y_test, verbose=0)
