@@ -70,7 +70,7 @@ from bridge.mpc.protocol import (
 )
 from bridge.mpc.runtime import PartyRunner, ThreadedParties
 from bridge.mpc.session import SecureExecutable, compute_and_dealer, setup_party
-from bridge.reference_train import LossHead, encode_labels, loss_head
+from bridge.reference_train import LossHead, TrainingRefused, encode_labels, loss_head
 
 #: op kinds whose outputs the overflow check reads: the ones that can grow a value
 CHECKED_KINDS = frozenset({"dense", "conv2d", "add"})
@@ -292,6 +292,16 @@ class SecureTrainingExecutable(TrainingExecutable):
                 f"overflow_bound must be in (0, 2^{62 - 2 * program.numerics.frac_bits}) so that a flagged "
                 f"value cannot have wrapped the ring; received {overflow_bound}"
             )
+        spec = program.training
+        assert spec is not None  # loss_head checked it
+        for what, value in (("learning_rate", spec.optimizer.learning_rate), ("momentum", spec.optimizer.momentum)):
+            encoded = round(value * program.numerics.scale) / program.numerics.scale
+            if value and abs(encoded - value) > 0.01 * value:
+                raise TrainingRefused(
+                    f"SGD {what}={value:g} is not representable in fixed point with frac_bits="
+                    f"{program.numerics.frac_bits} (it would become {encoded:g}); raise Numerics.frac_bits "
+                    f"or use a {what} of at least {100 / program.numerics.scale:.2g}"
+                )
         self.program = program
         self.metrics = tuple(metrics)
         self.check_overflow = check_overflow

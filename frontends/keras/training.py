@@ -264,9 +264,13 @@ def fit_encrypted(
     spec = training_spec(model, epochs=max(epochs, 1), batch_size=batch_size, shuffle=shuffle)
     metrics = compiled_metrics(model, spec.loss)
     owned = _owned(data, "data", parties)
+    val = None
+    if validation_data is not None:
+        val = _owned(validation_data, "validation_data", {"data_owner": next(iter(owned))})
+    owners = list(dict.fromkeys([*owned, *(val or {})]))
     program, weights = to_ir(model, numerics=numerics, privacy=PrivacyMode.ENCRYPTED_TRAINING)
     program = program.model_copy(update={"training": spec})
-    program = program.model_copy(update={"placement": training_placement(program, list(owned), parties)})
+    program = program.model_copy(update={"placement": training_placement(program, owners, parties)})
 
     options: dict[str, Any] = {"metrics": metrics}
     if backend.name != "plaintext":
@@ -280,11 +284,7 @@ def fit_encrypted(
     executable: TrainingExecutable = backend.prepare_training(program, weights, **options)
     try:
         rows = executable.load_data(owned, split="train")
-        val_rows = 0
-        if validation_data is not None:
-            first = next(iter(owned))
-            val = _owned(validation_data, "validation_data", {"data_owner": first})
-            val_rows = executable.load_data(val, split="validation")
+        val_rows = executable.load_data(val, split="validation") if val else 0
 
         steps = -(-rows // batch_size)
         callback_list = keras.callbacks.CallbackList(

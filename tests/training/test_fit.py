@@ -73,8 +73,8 @@ def test_fit_encrypted_has_keras_fit_semantics(secure_backend):
     before = [w.copy() for w in model.get_weights()]
     recorder = Recorder()
     history = fit_encrypted(model, secure_backend, {"alice": (x[:64], y[:64]), "bob": (x[64:96], y[64:96])},
-                            epochs=2, batch_size=32, validation_data=(x[96:], y[96:]), callbacks=[recorder],
-                            verbose=0, timeout_s=120)
+                            epochs=2, batch_size=32, validation_data={"carol": (x[96:], y[96:])},
+                            callbacks=[recorder], verbose=0, timeout_s=120)
     assert isinstance(history, keras.callbacks.History) and model.history is history
     assert history.epoch == [0, 1]
     assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}

@@ -177,3 +177,9 @@ def test_batch_schedule_is_fixed_by_the_seed():
 def test_secure_training_executable_type(secure_backend):
     program, weights = mlp_program([4, 3])
     assert isinstance(secure_backend.prepare_training(program, weights), SecureTrainingExecutable)
+
+
+def test_a_learning_rate_fixed_point_cannot_hold_is_refused(secure_backend):
+    program, weights = mlp_program([4, 3], learning_rate=1e-4)
+    with pytest.raises(TrainingRefused, match="learning_rate=0.0001 is not representable in fixed point"):
+        secure_backend.prepare_training(program, weights)
