@@ -493,6 +493,7 @@ class SecureTrainingExecutable(TrainingExecutable):
         return _SharedModel(program, self.parties, self._params)
 
     def close(self) -> None:
+        """Drop the shared training data; the parameters stay, for ``serving``."""
         self._data = {p: {} for p in self._data}
 
 

@@ -319,9 +319,8 @@ def fit_encrypted(
         if keep_shared:
             history.serving = executable.serving()
         else:
-            trained = executable.weights()
-            _write_back(model, trained)
-            executable.close()
+            _write_back(model, executable.weights())
+        executable.close()  # drops the shared data; a kept model lives on in history.serving
         callback_list.on_train_end(logs=epoch_logs)
         return history
     except BaseException:
