@@ -5,10 +5,17 @@ rule checks the layer's options against what the IR can express and emits IR
 nodes.  An activation inside a layer (``Dense(..., activation="relu")``) becomes
 its own node, because secure backends compute it with a different protocol.
 
-Only public Keras APIs are read: ``model.layers``, ``model.get_config()`` (whose
-functional form lists every layer call and the tensors it read, by layer name
-and call index), ``layer.get_config()``, ``layer.weights`` / ``get_weights()``.
-Nothing here depends on ``KERAS_BACKEND``.
+The model is read from the objects ``get_config()`` would serialize, never through
+``get_config()`` itself: Keras serializes nested objects (initializers, dtype
+policies) with ``serialize_keras_object``, which imports TensorFlow whatever
+``KERAS_BACKEND`` says: seconds lost for torch work.  So a layer's options are its
+public attributes (``layer.units``, ``layer.padding``, ...; ``LAYER_OPTIONS`` lists
+the ones each rule reads), and the graph is ``model.operations`` with each
+operation's calls (``operation._inbound_nodes``: the Node objects get_config
+writes as ``inbound_nodes``) and the tensors each call read (``Node.arguments``;
+each KerasTensor's ``_keras_history`` names the layer call that made it, as
+get_config's ``keras_history`` does).  Weights come from ``layer.weights`` /
+``get_weights()``.  Nothing here depends on ``KERAS_BACKEND``.
 
 Naming: graph inputs are named after their ``InputLayer``; a layer's output value
 is the layer's name (``name/call1`` etc. for later calls of a shared layer);
@@ -19,6 +26,7 @@ moving_mean, moving_variance).
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -347,9 +355,58 @@ def _check_layer(layer: Any) -> None:
         )
 
 
+#: Keras layer class name -> the options its rule reads: public attributes that hold what
+#: ``layer.get_config()`` would write under the same keys
+LAYER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "Dense": ("units", "activation", "use_bias", "lora_rank"),
+    "Conv2D": ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate", "groups",
+               "activation", "use_bias", "lora_rank"),
+    "AveragePooling2D": ("pool_size", "strides", "padding", "data_format"),
+    "MaxPooling2D": ("pool_size", "strides", "padding", "data_format"),
+    "GlobalAveragePooling2D": ("data_format", "keepdims"),
+    "Flatten": ("data_format",),
+    "Reshape": ("target_shape",),
+    "Activation": ("activation",),
+    "ReLU": ("max_value", "negative_slope", "threshold"),
+    "Softmax": ("axis",),
+    "Dropout": (),
+    "BatchNormalization": ("axis", "epsilon", "renorm"),
+    "Add": (),
+}
+
+
+def _activation_name(fn: Any) -> str | dict[str, str]:
+    """What ``keras.activations.serialize`` writes, without it: a built-in's name, else the class.
+
+    A built-in is the very function ``keras.activations`` exports under its ``__name__``, so a
+    user's function that happens to be called ``relu`` is not taken for ReLU.
+    """
+    import keras
+
+    name = getattr(fn, "__name__", None)
+    if isinstance(fn, types.FunctionType):
+        if isinstance(name, str) and getattr(keras.activations, name, None) is fn:
+            return name
+        return {"class_name": "function"}
+    return {"class_name": type(fn).__name__}
+
+
+def _options(layer: Any) -> dict[str, Any]:
+    """The layer's options as ``get_config()`` keys them, read from its attributes.
+
+    ``get_config()`` is not called: it serializes initializers and dtype policies through
+    ``serialize_keras_object``, which imports TensorFlow.  An option this Keras version lacks
+    reads as None, as ``config.get`` would.
+    """
+    options = {key: getattr(layer, key, None) for key in LAYER_OPTIONS[type(layer).__name__]}
+    if "activation" in options:
+        options["activation"] = _activation_name(options["activation"])
+    return options
+
+
 def _apply(layer: Any, inputs: list[str], output: str, node: str, b: _Builder) -> None:
     _check_layer(layer)
-    call = _Call(layer, layer.get_config(), inputs, output, node)
+    call = _Call(layer, _options(layer), inputs, output, node)
     LAYER_RULES[call.kind](call, b)
 
 
@@ -368,72 +425,89 @@ def _input_spec(name: str, batch_shape: Any, dtype: Any) -> TensorSpec:
 
 
 def _sequential(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[str]]:
-    layers = model.get_config()["layers"]
-    if not model.built or not layers or layers[0]["class_name"] != "InputLayer":
+    # A Sequential keeps its InputLayer (given, or made by build()) first in ``_layers``, the list
+    # its get_config() serializes; the public ``model.layers`` leaves it out.  The input
+    # KerasTensor's name is no substitute: build() makes an InputLayer named 'input_layer' whose
+    # tensor is named 'keras_tensor...'.
+    stack = getattr(model, "_layers", [])
+    if not model.built or not stack or type(stack[0]).__name__ != "InputLayer":
         raise ValueError(
             f"Sequential model {model.name!r} has no input shape yet: expected a built model, received "
             "an unbuilt one. Start it with keras.Input(shape=...) or call model.build((None, ...)) first."
         )
-    first = layers[0]["config"]
-    spec = _input_spec(first["name"], first["batch_shape"], first.get("dtype", "float32"))
-    b.shapes[first["name"]] = spec.feature_shape
-    value = first["name"]
+    first = stack[0]
+    spec = _input_spec(first.name, first.batch_shape, first.dtype)
+    b.shapes[first.name] = spec.feature_shape
+    value = first.name
     for layer in model.layers:
         _apply(layer, [value], layer.name, layer.name, b)
         value = layer.name
-    return {first["name"]: spec}, [value]
+    return {first.name: spec}, [value]
 
 
-def _history(entry: Any) -> list[tuple[str, int, int]]:
-    """Keras tensors named in a serialized call, in argument order, as (layer, call, tensor)."""
-    if isinstance(entry, dict):
-        if entry.get("class_name") == "__keras_tensor__":
-            name, node, tensor = entry["config"]["keras_history"]
-            return [(name, int(node), int(tensor))]
-        return [h for v in entry.values() for h in _history(v)]
-    if isinstance(entry, (list, tuple)):
-        return [h for v in entry for h in _history(v)]
+#: (operation name, call index among the model's own calls of it, output index): a tensor's source
+_Ref = tuple[str, int, int]
+
+
+def _ref(tensor: Any, own: set[int]) -> _Ref:
+    """The call that made ``tensor``, counted among the model's own calls of that operation.
+
+    ``tensor._keras_history`` is (operation, index into ``operation._inbound_nodes``, output
+    index); a layer also called outside this model has calls get_config leaves out, and its
+    ``keras_history`` indices skip them, so these do too.
+    """
+    operation, node_index, tensor_index = tensor._keras_history
+    foreign = sum(id(node) not in own for node in operation._inbound_nodes[:node_index])
+    return operation.name, node_index - foreign, tensor_index
+
+
+def _refs(structure: Any, own: set[int]) -> list[_Ref]:
+    """The Keras tensors in a call's arguments (or a model's inputs/outputs), in argument order."""
+    import keras
+
+    if isinstance(structure, keras.KerasTensor):
+        return [_ref(structure, own)]
+    if isinstance(structure, dict):
+        structure = list(structure.values())
+    if isinstance(structure, (list, tuple)):
+        return [r for item in structure for r in _refs(item, own)]
     return []
 
 
-def _endpoints(raw: Any) -> list[tuple[str, int, int]]:
-    """``input_layers`` / ``output_layers``: one [name, call, tensor] triple, a list or a dict of them."""
-    if isinstance(raw, dict):
-        raw = list(raw.values())
-    if raw and isinstance(raw[0], str):
-        raw = [raw]
-    return [(str(n), int(c), int(t)) for n, c, t in raw]
-
-
 def _functional(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[str]]:
-    config = model.get_config()
-    layers = {layer.name: layer for layer in model.layers}
+    import keras
+
+    # The model's own layer calls, those get_config serializes: a layer may also have been called
+    # outside it.  ``_nodes_by_depth`` is where keras.Model(inputs, outputs) keeps the Nodes it found
+    # walking back from its outputs.
+    own = {id(node) for nodes in model._nodes_by_depth.values() for node in nodes}
     values: dict[tuple[str, int], str] = {}
     specs: dict[str, TensorSpec] = {}
-    pending: list[tuple[Any, int, list[tuple[str, int, int]]]] = []
-    for entry in config["layers"]:
-        name, kind = entry["name"], entry["class_name"]
+    pending: list[tuple[Any, int, list[_Ref]]] = []
+    for operation in model.operations:
+        name, kind = operation.name, type(operation).__name__
         if kind == "InputLayer":
-            cfg = entry["config"]
-            specs[name] = _input_spec(name, cfg["batch_shape"], cfg.get("dtype", "float32"))
+            specs[name] = _input_spec(name, operation.batch_shape, operation.dtype)
             b.shapes[name] = specs[name].feature_shape
             values[(name, 0)] = name
             continue
-        if name not in layers:
+        if not isinstance(operation, keras.layers.Layer):
             raise UnsupportedLayerError(
-                name, kind, f"no Keras layer behind it (an operation from {entry.get('module')})",
+                name, kind, f"no Keras layer behind it (an operation from {type(operation).__module__})",
                 "Keras layers only; replace keras.ops calls on symbolic tensors with layers "
                 "(e.g. keras.layers.Add instead of keras.ops.add)",
             )
-        for index, inbound in enumerate(entry["inbound_nodes"]):
-            kwargs = inbound.get("kwargs", {})
-            if _history(kwargs):
+        # A call that read no tensor (an InputLayer's) is no call here, as in get_config.
+        calls = [node for node in operation._inbound_nodes if id(node) in own and node.input_tensors]
+        for index, node in enumerate(calls):
+            kwargs = node.arguments.kwargs
+            if _refs(kwargs, own):
                 raise UnsupportedLayerError(name, kind, "a tensor passed by keyword", "tensors passed positionally only")
             if kwargs.get("training"):
                 raise UnsupportedLayerError(name, kind, "training=True in its call", "inference-mode calls only")
-            pending.append((layers[name], index, _history(inbound["args"])))
+            pending.append((operation, index, _refs(node.arguments.args, own)))
 
-    # Layers are listed by depth, but a shared layer's later calls may read later layers: schedule.
+    # Operations are listed by depth, but a shared layer's later calls may read later layers: schedule.
     while pending:
         ready = [p for p in pending if all((n, c) in values for n, c, _ in p[2])]
         if not ready:
@@ -449,8 +523,10 @@ def _functional(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[st
             values[(layer.name, index)] = value
         pending = [p for p in pending if p not in ready]
 
-    inputs = {name: specs[name] for name, _, _ in _endpoints(config["input_layers"])}
-    outputs = [values[(n, c)] for n, c, _ in _endpoints(config["output_layers"])]
+    # ``model.input`` / ``model.output`` keep the structures the model was built with (a dict in its
+    # own order); ``model.inputs`` / ``model.outputs`` are flattened with dict keys sorted.
+    inputs = {name: specs[name] for name, _, _ in _refs(model.input, own)}
+    outputs = [values[(n, c)] for n, c, _ in _refs(model.output, own)]
     return inputs, outputs
 
 

@@ -20,6 +20,19 @@ from tests.frontends.keras_check import CASES, randomize
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5
 
+NO_TENSORFLOW_SCRIPT = """
+import json, sys
+import keras
+from frontends.keras import to_ir
+from tests.frontends.keras_check import lenet, mlp, randomize, residual_bn
+
+before = "tensorflow" in sys.modules
+kinds = {build.__name__: [n.op.kind for n in to_ir(randomize(build()))[0].graph.nodes]
+         for build in (mlp, lenet, residual_bn)}
+print(json.dumps({"backend": keras.backend.backend(), "before": before, "after": "tensorflow" in sys.modules,
+                  "kinds": kinds}))
+"""
+
 
 # -- every case under both Keras backends ----------------------------------------------------------
 
@@ -45,6 +58,21 @@ def test_every_case_matches_predict(keras_backend):
         elif tuple(result["kinds"]) != case.kinds or not result["error"] <= TOLERANCE:
             failures.append(f"{name}: kinds {result['kinds']} (expected {list(case.kinds)}), error {result['error']}")
     assert not failures, "\n".join(failures)
+
+
+def test_import_under_torch_does_not_import_tensorflow():
+    # get_config() would: Keras serializes initializers and dtype policies through
+    # serialize_keras_object, which imports TensorFlow whatever KERAS_BACKEND says.
+    env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TENSORFLOW_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "torch"
+    assert report["kinds"] == {name: list(CASES[name].kinds) for name in ("mlp", "lenet", "residual_bn")}
+    assert not report["before"], "TensorFlow was loaded before to_ir ran; the check proves nothing"
+    assert not report["after"], "to_ir imported TensorFlow under KERAS_BACKEND=torch"
 
 
 # -- structure and parameters ----------------------------------------------------------------------
@@ -139,6 +167,19 @@ def test_shared_layer_declares_its_parameters_once():
     assert list(program.graph.inputs) == ["a", "b"] and list(program.graph.outputs) == ["shared_1"]
 
 
+def test_calls_of_a_shared_layer_outside_the_model_are_not_counted():
+    shared = keras.layers.Dense(3, name="shared")
+    x = keras.Input((3,))
+    keras.Model(x, shared(x))  # the layer's first call belongs to another model
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    model = keras.Model([a, b], keras.layers.Add(name="sum")([shared(a), shared(b)]))
+    program, weights = to_ir(model)
+    assert [(n.name, n.inputs) for n in program.graph.nodes] == [
+        ("shared", ("a",)), ("shared/call1", ("b",)), ("sum", ("shared", "shared/call1"))
+    ]
+    assert set(weights) == {"shared/kernel", "shared/bias"}
+
+
 def test_dict_outputs_follow_the_model_output_order():
     x = keras.Input((3,), name="x")
     model = keras.Model(x, {"p": keras.layers.Dense(2, name="p")(x), "q": keras.layers.ReLU(name="q")(x)})
@@ -173,6 +214,13 @@ def _seq(input_shape, *layers):
     return keras.Sequential([keras.Input(input_shape), *layers])
 
 
+def _user_relu():
+    def relu(x):  # a user's function that shares a Keras activation's name, not Keras' ReLU
+        return 2.0 * x
+
+    return relu
+
+
 REFUSALS = {
     "lstm": (
         lambda: _seq((4, 3), keras.layers.LSTM(2, name="lstm")),
@@ -197,6 +245,10 @@ REFUSALS = {
     "dense_gelu": (
         lambda: _seq((4,), keras.layers.Dense(2, activation="gelu", name="d")),
         "Dense layer 'd' has activation='gelu'; privacy-bridge supports activation in ['linear', 'relu', ",
+    ),
+    "dense_user_function_named_relu": (
+        lambda: _seq((4,), keras.layers.Dense(2, activation=_user_relu(), name="d")),
+        "Dense layer 'd' has activation='function'; privacy-bridge supports activation in ['linear', 'relu', ",
     ),
     "activation_elu": (
         lambda: _seq((4,), keras.layers.Activation("elu", name="act")),
