@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bridge.cluster import ClusterConfig
 from bridge.mpc.backend import SecureBackend
+from bridge.mpc.comm import Transport
 from bridge.mpc.kernels import RingKernels
 
 
@@ -19,3 +21,9 @@ class TfPondBackend(SecureBackend):
         from backends.tf_pond.kernels import TfKernels
 
         return TfKernels(**options)
+
+    def make_transport(self, cluster: ClusterConfig, party: str) -> Transport:
+        """Byte frames between processes over gRPC, one server per party."""
+        from backends.tf_pond.transport import GrpcTransport
+
+        return GrpcTransport(cluster, party)

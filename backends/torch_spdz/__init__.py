@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bridge.cluster import ClusterConfig
 from bridge.mpc.backend import SecureBackend
+from bridge.mpc.comm import Transport
 from bridge.mpc.kernels import RingKernels
 
 
@@ -16,3 +18,9 @@ class TorchSpdzBackend(SecureBackend):
         from backends.torch_spdz.kernels import TorchKernels
 
         return TorchKernels(**options)
+
+    def make_transport(self, cluster: ClusterConfig, party: str) -> Transport:
+        """Byte frames between processes over torch.distributed (gloo over TCP)."""
+        from backends.torch_spdz.transport import GlooTransport
+
+        return GlooTransport(cluster, party)

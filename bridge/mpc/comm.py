@@ -47,6 +47,10 @@ class Transport(ABC):
     def close(self) -> None:  # noqa: B027
         """Release sockets or queues."""
 
+    def abort(self, reason: str) -> None:  # noqa: B027
+        """Tell the peers this party failed, so that none waits for it (a process
+        transport sends a notice; in memory, ``InMemoryNetwork.abort`` does it)."""
+
 
 class InMemoryNetwork:
     """All parties in one process; each sees only its own queues.

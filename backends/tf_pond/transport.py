@@ -1,0 +1,198 @@
+"""tf-pond between processes: byte frames over gRPC, one server per party.
+
+Each party serves ``privacy_bridge.Party`` at its cluster address with two unary
+methods registered through grpcio's generic handlers, with no serializer at all:
+requests and responses are the raw bytes (no protobuf code generation, nothing
+pickled).
+
+* ``Deliver``: one message.  The sender's name and the message kind travel as call
+  metadata (``pb-from``, ``pb-kind``); the handler puts the bytes into the inbox of
+  that peer and answers empty.  A party sends with a blocking call, one at a time, so
+  messages arrive in order per pair; a call to a dead party fails at once
+  (UNAVAILABLE) and names it.  A sender the cluster does not know, or an unknown
+  kind, is refused with a gRPC error to the sender; a known peer that sends an
+  unknown kind is dropped, so the receiver stops with an error too.
+* ``Hello``: answers with the party's name.  At startup each party calls it on every
+  peer until each has answered or called it (waiting at most ``timeout_s``), which
+  names a party that never shows up and catches a cluster file whose address leads
+  to the wrong party; while a receive waits, it is the liveness probe that tells a
+  dead peer (connection refused) from a slow one.
+
+Messages above ``max_message_bytes`` are refused by gRPC itself at the receiver.
+The channels carry no TLS here: run the parties on a private network (or put a
+TLS-terminating proxy in front) when they cross untrusted links.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent import futures
+
+import grpc
+
+from bridge.cluster import ClusterConfig
+from bridge.mpc.comm import PeerError
+from bridge.mpc.distributed import KINDS, PeerTransport
+
+SERVICE = "privacy_bridge.Party"
+DELIVER = f"/{SERVICE}/Deliver"
+HELLO = f"/{SERVICE}/Hello"
+FROM_KEY, KIND_KEY = "pb-from", "pb-kind"
+#: the longest a channel waits between connection attempts, and how long a call that
+#: found its channel down waits for one fresh attempt before the peer counts as dead
+RECONNECT_BACKOFF_MS = 300
+RECONNECT_S = 1.0
+
+
+def _unavailable(exc: grpc.RpcError) -> bool:
+    return isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAVAILABLE
+
+
+class GrpcTransport(PeerTransport):
+    """One party's gRPC server (its inboxes) and a channel to every peer."""
+
+    def __init__(self, cluster: ClusterConfig, party: str) -> None:
+        super().__init__(party, cluster.names, cluster.timeout_s, cluster.max_message_bytes)
+        self.cluster = cluster
+        limit = cluster.max_message_bytes + 1024
+        options = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),  # a port taken by another process is an error, not shared
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+        ]
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=len(self.peers) + 2, thread_name_prefix=f"grpc-{party}"),
+            options=options,
+        )
+        handlers = {
+            "Deliver": grpc.unary_unary_rpc_method_handler(self._on_deliver),
+            "Hello": grpc.unary_unary_rpc_method_handler(self._on_hello),
+        }
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        listen = cluster.party(party).listen_address
+        try:
+            bound = self._server.add_insecure_port(listen)
+        except RuntimeError as exc:
+            bound, error = 0, exc
+        else:
+            error = None
+        if not bound:
+            raise PeerError(
+                f"party {party!r} cannot listen at {listen}: the port is taken or the host is not this "
+                f"machine's ({error or 'bind failed'}). Fix its address in the cluster file."
+            )
+        self._heard_from = {p: False for p in self.peers}
+        self._server.start()
+        self._channels = {p: grpc.insecure_channel(cluster.party(p).address, options=options) for p in self.peers}
+        self._deliver_calls = {p: c.unary_unary(DELIVER) for p, c in self._channels.items()}
+        self._hello_calls = {p: c.unary_unary(HELLO) for p, c in self._channels.items()}
+        try:
+            self._wait_for_peers(time.monotonic() + self.timeout_s)
+        except BaseException:
+            self._shutdown()
+            raise
+
+    # -- server side ------------------------------------------------------------------------
+    def _on_deliver(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        metadata = dict(context.invocation_metadata())
+        sender, kind_text = metadata.get(FROM_KEY), metadata.get(KIND_KEY, "")
+        if sender not in self._inbox:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"party {self.party!r} takes messages from {list(self.peers)} only, not from {sender!r}",
+            )
+        if not kind_text.isdigit() or int(kind_text) not in KINDS:
+            self._peer_gone(
+                sender, f"party {sender!r} sent a message of unknown kind {kind_text!r}; its connection was dropped"
+            )
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown message kind {kind_text!r}")
+        self._heard_from[sender] = True
+        self._deliver(sender, int(kind_text), request)
+        return b""
+
+    def _on_hello(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        caller = dict(context.invocation_metadata()).get(FROM_KEY)
+        if caller in self._heard_from:
+            self._heard_from[caller] = True
+        return self.party.encode()
+
+    # -- client side ------------------------------------------------------------------------
+    def _address(self, peer: str) -> str:
+        return self.cluster.party(peer).address
+
+    def _wait_for_peers(self, deadline: float) -> None:
+        """Every peer has answered our hello or called us (a fast peer may have done its
+        part and left before we asked: its messages are in our inboxes already)."""
+        missing = list(self.peers)
+        while missing and time.monotonic() < deadline:
+            for peer in list(missing):
+                if self._heard_from[peer]:
+                    missing.remove(peer)
+                    continue
+                try:
+                    answer = self._hello_calls[peer](
+                        b"", timeout=min(0.5, max(deadline - time.monotonic(), 0.01)), wait_for_ready=True,
+                        metadata=((FROM_KEY, self.party),),
+                    )
+                except grpc.RpcError:
+                    continue
+                if answer != peer.encode():
+                    raise PeerError(
+                        f"party {self.party!r} reached {self._address(peer)} expecting party {peer!r}, but "
+                        f"{answer[:64]!r} answered: two parties share an address in the cluster files in use"
+                    )
+                missing.remove(peer)
+        if missing:
+            where = ", ".join(f"{p!r} at {self._address(p)}" for p in missing)
+            raise PeerError(
+                f"party {self.party!r} waited {self.timeout_s:g} s, but part{'y' if len(missing) == 1 else 'ies'} "
+                f"{where} did not show up. Start every party of the cluster (privacy-bridge party --name ...), "
+                "or raise timeout_s in the cluster file."
+            )
+
+    def _send_frame(self, peer: str, kind: int, payload: bytes, timeout_s: float) -> None:
+        metadata = ((FROM_KEY, self.party), (KIND_KEY, str(kind)))
+        try:
+            try:
+                self._deliver_calls[peer](payload, timeout=timeout_s, metadata=metadata)
+            except grpc.RpcError as first:
+                if not _unavailable(first):
+                    raise
+                # The channel may only remember an old failure (the peer was not up yet when
+                # it first tried): wait for one fresh connection attempt before calling it dead.
+                self._deliver_calls[peer](
+                    payload, timeout=min(timeout_s, RECONNECT_S), metadata=metadata, wait_for_ready=True
+                )
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise RuntimeError(f"{code.name}: {details}") from exc
+            raise PeerError(
+                f"party {peer!r} at {self._address(peer)} refused a message from party {self.party!r}: "
+                f"{code.name if code else 'error'}: {details}"
+            ) from exc
+
+    def _probe(self, peer: str) -> str | None:
+        """Alive if it answers at once; dead if it still refuses after a fresh connection
+        attempt (a refusal at once may be the channel remembering an old failure)."""
+        metadata = ((FROM_KEY, self.party),)
+        try:
+            self._hello_calls[peer](b"", timeout=RECONNECT_S, metadata=metadata)
+            return None
+        except grpc.RpcError as exc:
+            if not _unavailable(exc):
+                return None  # slow, not gone: the receive timeout decides
+        try:
+            self._hello_calls[peer](b"", timeout=RECONNECT_S, metadata=metadata, wait_for_ready=True)
+            return None
+        except grpc.RpcError as exc:
+            return f"party {peer!r} at {self._address(peer)} is unreachable: it died or was killed ({exc.details()})"
+
+    def _shutdown(self) -> None:
+        for channel in self._channels.values() if hasattr(self, "_channels") else ():
+            channel.close()
+        self._server.stop(grace=0.5).wait(2.0)

@@ -1,0 +1,213 @@
+"""torch-spdz between processes: byte frames over ``torch.distributed``'s gloo (TCP).
+
+Rendezvous.  Rank 0 (the first party of the cluster file) serves a ``TCPStore`` at
+its address, or torchrun's agent does at ``MASTER_ADDR:MASTER_PORT``.  Every party
+announces itself there and waits, at most ``timeout_s``, for all the others, so a
+party that never shows up is named; then the gloo group connects its full mesh
+(one TCP pair per two parties) and a second announcement round makes sure nobody
+leaves while another is still reading addresses from the store (rank 0, which serves
+it, waits at close until every party is past that round).
+
+Frames.  A message to a peer is two point-to-point gloo sends: an int64 header
+tensor ``[kind, length]`` and a uint8 tensor of ``length`` bytes (none when empty).
+Nothing is pickled (``send_object_list`` would pickle).  One thread per peer posts
+the receives, so a sender never waits on its peer's protocol code; a header with an
+unknown kind or a length beyond ``max_message_bytes`` drops that peer with a
+``PeerError`` instead of allocating what it asks.  A peer that dies closes its TCP
+pair, which gloo reports at once: the receiving thread records it and the party's
+next receive from it fails with the peer's name.
+
+The process group is built directly (``ProcessGroupGloo(store, rank, size, options)``)
+rather than through ``init_process_group``: no global default group, so several
+transports (e.g. the parties of a test) can live in one process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+
+from bridge.cluster import ClusterConfig, join_address
+from bridge.mpc.comm import PeerError
+from bridge.mpc.distributed import KINDS, PeerTransport
+
+TAG = 0
+#: how long a receiving thread may wait for its peer's next message: "forever" (the
+#: protocol's own timeout, in ``PeerTransport.recv``, decides when a silence is an error)
+IDLE_WAIT = datetime.timedelta(days=3650)
+STORE_PREFIX = "privacy-bridge/"
+
+
+class GlooTransport(PeerTransport):
+    """One party's transport over a gloo process group of every party in the cluster."""
+
+    goodbye_to_finished = True  # its receiving thread for us waits for our goodbye
+
+    def __init__(self, cluster: ClusterConfig, party: str) -> None:
+        super().__init__(party, cluster.names, cluster.timeout_s, cluster.max_message_bytes)
+        self.cluster = cluster
+        self.rank = cluster.rank(party)
+        self._ranks = {p: cluster.rank(p) for p in self.peers}
+        self._send_locks = {p: threading.Lock() for p in self.peers}
+        deadline = time.monotonic() + self.timeout_s
+        store = self._rendezvous_store()
+        self._announce(store, "up", deadline, "did not show up")
+        options = dist.ProcessGroupGloo._Options()
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=cluster.party(party).host)]
+        options._timeout = datetime.timedelta(seconds=max(deadline - time.monotonic(), 1.0))
+        try:
+            self._group = dist.ProcessGroupGloo(store, self.rank, len(cluster.parties), options)
+        except RuntimeError as exc:
+            raise PeerError(
+                f"party {party!r} could not connect its gloo links to every party: {exc}. "
+                "A party died during setup, or a host/firewall blocks the connection."
+            ) from exc
+        self._announce(store, "connected", time.monotonic() + self.timeout_s, "died while connecting")
+        store.set(f"passed/{party}", "1")
+        self._store: dist.Store | None = store
+        self._threads = [
+            threading.Thread(target=self._receive, args=(p,), name=f"gloo-recv-{party}<-{p}", daemon=True)
+            for p in self.peers
+        ]
+        for t in self._threads:
+            t.start()
+
+    # -- setup ------------------------------------------------------------------------------
+    def _rendezvous_store(self) -> dist.Store:
+        host, port = self.cluster.rendezvous_address
+        is_server = self.rank == 0 and not self.cluster.external_rendezvous
+        try:
+            store = dist.TCPStore(
+                host,
+                port,
+                len(self.cluster.parties),
+                is_server,
+                timeout=datetime.timedelta(seconds=self.timeout_s),
+                wait_for_workers=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - torch raises several types here
+            where = join_address(host, port)
+            if is_server:
+                raise PeerError(
+                    f"party {self.party!r} (rank 0) could not serve the rendezvous at {where}: "
+                    f"{_first_line(exc)}. Is the port taken, or the host not this machine's?"
+                ) from exc
+            server = "torchrun's agent" if self.cluster.external_rendezvous else f"party {self.cluster.names[0]!r} (rank 0)"
+            raise PeerError(
+                f"party {self.party!r} could not reach the rendezvous at {where} within {self.timeout_s:g} s: "
+                f"{server}, which serves it, did not show up ({_first_line(exc)})"
+            ) from exc
+        return dist.PrefixStore(STORE_PREFIX, store)
+
+    def _announce(self, store: dist.Store, stage: str, deadline: float, missing_means: str) -> None:
+        """Write ``stage/<me>`` and wait until every party has; name whoever has not."""
+        store.set(f"{stage}/{self.party}", "1")
+        pending = [p for p in self.cluster.names if p != self.party]
+        while pending:
+            try:
+                pending = [p for p in pending if not store.check([f"{stage}/{p}"])]
+            except Exception as exc:  # noqa: BLE001 - the store's server (rank 0) went away
+                raise PeerError(
+                    f"party {self.party!r} lost the rendezvous served by party {self.cluster.names[0]!r}: "
+                    f"it died ({_first_line(exc)})"
+                ) from exc
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                where = ", ".join(f"{p!r} at {self.cluster.party(p).address}" for p in pending)
+                raise PeerError(
+                    f"party {self.party!r} waited {self.timeout_s:g} s, but part{'y' if len(pending) == 1 else 'ies'} "
+                    f"{where} {missing_means}. Start every party of the cluster (privacy-bridge party "
+                    "--name ...), or raise timeout_s in the cluster file."
+                )
+            time.sleep(0.05)
+
+    # -- frames -------------------------------------------------------------------------------
+    def _address(self, peer: str) -> str:
+        return self.cluster.party(peer).address
+
+    def _send_frame(self, peer: str, kind: int, payload: bytes, timeout_s: float) -> None:
+        rank = self._ranks[peer]
+        wait = datetime.timedelta(seconds=timeout_s)
+        header = torch.tensor([kind, len(payload)], dtype=torch.int64)
+        with self._send_locks[peer]:
+            self._group.send([header], rank, TAG).wait(wait)
+            if payload:
+                body = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+                self._group.send([body], rank, TAG).wait(wait)
+
+    def _receive(self, peer: str) -> None:
+        """Post receives from ``peer`` until it says goodbye, dies or misbehaves."""
+        rank = self._ranks[peer]
+        header = torch.empty(2, dtype=torch.int64)
+        while True:
+            try:
+                self._group.recv([header], rank, TAG).wait(IDLE_WAIT)
+            except Exception as exc:  # noqa: BLE001 - gloo reports a dropped pair as RuntimeError
+                self._peer_gone(
+                    peer,
+                    f"party {peer!r}'s connection closed without a goodbye: it died or was killed "
+                    f"({_first_line(exc)})",
+                )
+                break
+            kind, length = (int(v) for v in header.tolist())
+            if kind not in KINDS or not 0 <= length <= self.max_message_bytes:
+                self._peer_gone(
+                    peer,
+                    f"party {peer!r} sent a malformed frame header (kind {kind}, length {length}; "
+                    f"at most {self.max_message_bytes} bytes accepted); its connection was dropped",
+                )
+                break
+            payload = b""
+            if length:
+                body = torch.empty(length, dtype=torch.uint8)
+                try:
+                    self._group.recv([body], rank, TAG).wait(IDLE_WAIT)
+                except Exception as exc:  # noqa: BLE001
+                    self._peer_gone(
+                        peer, f"party {peer!r}'s connection closed in the middle of a message ({_first_line(exc)})"
+                    )
+                    break
+                payload = body.numpy().tobytes()
+            self._deliver(peer, kind, payload)
+            if self._inbox[peer].gone is not None:
+                break
+
+    def _shutdown(self) -> None:
+        """Wait (at most ``timeout_s``) until every peer has said goodbye or dropped, then
+        shut the gloo group down.
+
+        Every party says goodbye when it closes, also after a failure, so in a run
+        that ends (well or badly) all receiving threads end here.  They must: a
+        thread still blocked in gloo when the interpreter exits is torn down by the
+        exit, and if its peer's goodbye wakes it just then, the C++ runtime aborts
+        the process.  Only a peer that is stuck past the timeout leaves one behind.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0.0))
+        if self._store is not None and self.rank == 0 and not self.cluster.external_rendezvous:
+            self._await_passed(deadline)
+        if not any(t.is_alive() for t in self._threads):
+            self._group.shutdown()
+            self._store = None  # rank 0 stops serving the rendezvous
+
+    def _await_passed(self, deadline: float) -> None:
+        """Rank 0 serves the store: it stays until every party has read it for the last time."""
+        assert self._store is not None
+        pending = list(self.peers)
+        while pending and time.monotonic() < deadline:
+            try:
+                pending = [p for p in pending if not self._store.check([f"passed/{p}"])]
+            except Exception:  # noqa: BLE001 - nothing more to wait for
+                return
+            time.sleep(0.02)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

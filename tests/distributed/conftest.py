@@ -1,0 +1,67 @@
+"""Helpers for the distributed tests: free loopback ports, loopback clusters, transports in threads."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from bridge.cluster import ClusterConfig, PartyEntry
+from bridge.ir import Role
+from tests.distributed.models import PARTIES
+
+#: a party that sends nothing for this long is declared dead (short, for tests)
+TIMEOUT_S = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loopback_cluster(parties: dict[str, frozenset[Role]] | list[str] = PARTIES, timeout_s: float = TIMEOUT_S,
+                     **settings: Any) -> ClusterConfig:
+    roles = parties if isinstance(parties, dict) else {n: frozenset({Role.COMPUTE}) for n in parties}
+    return ClusterConfig(
+        parties=tuple(PartyEntry(name=n, roles=r, address=f"127.0.0.1:{free_port()}") for n, r in roles.items()),
+        timeout_s=timeout_s,
+        **settings,
+    )
+
+
+def in_threads(fn: Callable[[str], Any], names: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """fn(name) for every name at once (transports of one cluster must start together);
+    an exception is returned in place of the result."""
+    results: dict[str, Any] = {}
+
+    def body(name: str) -> None:
+        try:
+            results[name] = fn(name)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            results[name] = exc
+
+    threads = [threading.Thread(target=body, args=(n,), daemon=True) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def transport_class(engine: str):
+    if engine == "gloo":
+        from backends.torch_spdz.transport import GlooTransport
+
+        return GlooTransport
+    from backends.tf_pond.transport import GrpcTransport
+
+    return GrpcTransport
+
+
+@pytest.fixture(params=["gloo", "grpc"])
+def engine(request) -> str:
+    return request.param

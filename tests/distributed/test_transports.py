@@ -1,0 +1,167 @@
+"""The process transports, in one test process: framing, startup, faults, malformed messages.
+
+Several transports of one cluster live in threads of this process (neither engine
+keeps global state); every one of them talks over real loopback TCP.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from bridge.mpc.comm import CommStats, Messenger, PeerError
+from tests.distributed.conftest import in_threads, loopback_cluster, transport_class
+
+
+def open_all(engine: str, config, names=None):
+    cls = transport_class(engine)
+    transports = in_threads(lambda n: cls(config, n), names or config.names)
+    for name, t in transports.items():
+        assert not isinstance(t, BaseException), f"{name}: {t!r}"
+    return transports
+
+
+def close_all(transports) -> None:
+    in_threads(lambda n: transports[n].close(), list(transports))
+
+
+def test_frames_arrive_exactly_in_order_between_every_pair(engine):
+    config = loopback_cluster(["a", "b", "c"])
+    ts = open_all(engine, config)
+    big = np.random.default_rng(0).integers(0, 256, size=3_000_000, dtype=np.uint8).tobytes()
+
+    def talk(name: str) -> None:
+        t = ts[name]
+        for i in range(30):
+            for peer in t.peers:
+                t.send(peer, f"{name}>{peer}#{i}".encode() * i)
+        for peer in t.peers:
+            t.send(peer, big)
+        got = [t.recv(peer) for i in range(30) for peer in t.peers]
+        assert got == [f"{peer}>{name}#{i}".encode() * i for i in range(30) for peer in t.peers]
+        assert all(t.recv(peer) == big for peer in t.peers)
+
+    results = in_threads(talk, config.names)
+    close_all(ts)
+    assert results == {name: None for name in config.names}
+
+
+def test_a_party_that_never_shows_up_is_named(engine):
+    config = loopback_cluster(["a", "b", "c"], timeout_s=1.0)
+    start = time.monotonic()
+    results = in_threads(lambda n: transport_class(engine)(config, n), ["a", "b"])
+    assert time.monotonic() - start < 1.0 + 3.0
+    for name in ("a", "b"):
+        assert isinstance(results[name], PeerError), results[name]
+        assert "'c' at 127.0.0.1:" in str(results[name]) and "did not show up" in str(results[name])
+
+
+def test_gloo_rendezvous_without_rank_zero_names_it():
+    config = loopback_cluster(["a", "b"], timeout_s=1.0)
+    start = time.monotonic()
+    with pytest.raises(PeerError, match=r"could not reach the rendezvous .* party 'a' \(rank 0\), which serves it, did not show up"):
+        transport_class("gloo")(config, "b")
+    assert time.monotonic() - start < 1.0 + 3.0
+
+
+def test_dead_peer_is_named_and_silence_times_out(engine):
+    config = loopback_cluster(["a", "b", "c"], timeout_s=1.5)
+    ts = open_all(engine, config)
+    # silence: b waits for c, which is alive but sends nothing
+    start = time.monotonic()
+    with pytest.raises(PeerError, match=r"party 'b' waited 1.5 s for party 'c' .* which sent nothing"):
+        ts["b"].recv("c")
+    assert 1.5 <= time.monotonic() - start < 1.5 + 2.0
+    # abort: c fails and says why; everyone stops with its name, at once
+    ts["c"].abort("ValueError: bad input")
+    start = time.monotonic()
+    with pytest.raises(PeerError, match=r"party 'a' stopped: party 'c' failed: ValueError: bad input"):
+        ts["a"].recv("b")
+    assert time.monotonic() - start < 1.5
+    close_all(ts)
+
+
+def test_goodbye_then_receive_names_the_finished_peer(engine):
+    config = loopback_cluster(["a", "b"], timeout_s=3.0)
+    ts = open_all(engine, config)
+    ts["a"].send("b", b"last words")
+    closing = threading.Thread(target=ts["a"].close)  # a waits for b's goodbye (gloo) before it returns
+    closing.start()
+    assert ts["b"].recv("a") == b"last words"
+    start = time.monotonic()
+    with pytest.raises(PeerError, match="expected a message from party 'a', but party 'a' has finished"):
+        ts["b"].recv("a")
+    assert time.monotonic() - start < 1.5
+    with pytest.raises(PeerError, match="cannot send to 'a'"):
+        ts["b"].send("a", b"anyone?")
+    ts["b"].close()
+    closing.join()
+
+
+def test_malformed_frames_are_rejected_and_the_link_survives(engine):
+    config = loopback_cluster(["rogue", "victim"], timeout_s=3.0)
+    ts = open_all(engine, config)
+    victim = Messenger(ts["victim"], CommStats())
+    for garbage in (b"", b"hello", b"PB1\x00\x01" + b"\x05" + b"\x00" * 7 + b"\x01\x02"):
+        ts["rogue"].send("victim", garbage)
+        with pytest.raises(PeerError, match="party 'victim' rejected a message from 'rogue'"):
+            victim.recv("rogue")
+    Messenger(ts["rogue"], CommStats()).send("victim", np.arange(4))
+    assert victim.recv("rogue").tolist() == [0, 1, 2, 3]
+    close_all(ts)
+
+
+def test_gloo_malformed_header_drops_the_peer_without_allocating():
+    config = loopback_cluster(["rogue", "victim"], timeout_s=3.0, max_message_bytes=1 << 20)
+    ts = open_all("gloo", config)
+    rogue = ts["rogue"]
+    rogue._group.send([torch.tensor([0, 1 << 40], dtype=torch.int64)], config.rank("victim"), 0).wait()
+    with pytest.raises(PeerError, match=r"'rogue' sent a malformed frame header \(kind 0, length 1099511627776; "
+                                        r"at most 1048576 bytes accepted\); its connection was dropped"):
+        ts["victim"].recv("rogue")
+    close_all(ts)
+
+
+def test_grpc_refuses_strangers_unknown_kinds_and_oversized_messages():
+    config = loopback_cluster(["rogue", "victim"], timeout_s=3.0, max_message_bytes=4096)
+    ts = open_all("grpc", config)
+    channel = grpc.insecure_channel(config.party("victim").address)
+    deliver = channel.unary_unary("/privacy_bridge.Party/Deliver")
+    with pytest.raises(grpc.RpcError) as stranger:
+        deliver(b"x", metadata=(("pb-from", "mallory"), ("pb-kind", "0")), timeout=3)
+    assert stranger.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as big:
+        deliver(b"x" * 10_000, metadata=(("pb-from", "rogue"), ("pb-kind", "0")), timeout=3)
+    assert big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(PeerError, match="at most 4096"):
+        ts["rogue"].send("victim", b"x" * 10_000)
+    with pytest.raises(grpc.RpcError) as kind:
+        deliver(b"x", metadata=(("pb-from", "rogue"), ("pb-kind", "9")), timeout=3)
+    assert kind.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(PeerError, match="'rogue' sent a message of unknown kind '9'; its connection was dropped"):
+        ts["victim"].recv("rogue")
+    channel.close()
+    close_all(ts)
+
+
+def test_gloo_joins_a_rendezvous_served_by_torchrun_agent():
+    """Under torchrun the agent serves MASTER_ADDR:MASTER_PORT; every party, rank 0 too, is a client."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from tests.distributed.conftest import free_port
+
+    port = free_port()
+    agent = dist.TCPStore("127.0.0.1", port, 2, True, timeout=datetime.timedelta(seconds=5), wait_for_workers=False)
+    config = loopback_cluster(["a", "b"], timeout_s=3.0, rendezvous=f"127.0.0.1:{port}", external_rendezvous=True)
+    ts = open_all("gloo", config)
+    ts["a"].send("b", b"over the agent's store")
+    assert ts["b"].recv("a") == b"over the agent's store"
+    close_all(ts)
+    del agent
