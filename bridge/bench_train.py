@@ -5,6 +5,7 @@ one epoch of 1024 random samples (``quick``: 256), all parties in one process.
 Bytes and rounds are what one compute party sends during the epoch, the initial
 masking of the weights included (the data owners' and the model owner's sharing
 excluded: they are not compute traffic); the dealer's bytes have their own column.
+``wall_s`` is end to end: party setup, sharing the weights and the data, the epoch.
 The plaintext baseline is the same epoch in float32 torch (autograd + SGD).
 """
 
