@@ -112,10 +112,24 @@ class PrivateModel:
         return program.model_copy(update={"placement": placement}), weights
 
     def _placement(self, program: Program) -> Placement:
+        inputs, outputs = list(program.graph.inputs), list(program.graph.outputs)
+        cluster = self._cluster()
         if isinstance(self._parties, Placement):
-            return self._parties
-        kwargs = dict(self._parties or {})
-        return Placement.default(list(program.graph.inputs), list(program.graph.outputs), **kwargs)
+            placement = self._parties
+        elif cluster is not None and not self._parties:
+            placement = cluster[0].placement(inputs, outputs)
+        else:
+            placement = Placement.default(inputs, outputs, **dict(self._parties or {}))
+        if cluster is not None:
+            cluster[0].check_placement(placement)
+        return placement
+
+    def _cluster(self) -> Any:
+        """(ClusterConfig, this party) when this process is one party of a cluster
+        (``privacy-bridge party/launch`` or torchrun variables), else None: embedded."""
+        from bridge.cluster import cluster_from_environment
+
+        return cluster_from_environment(os.environ)
 
     @property
     def program(self) -> Program:
@@ -136,7 +150,11 @@ class PrivateModel:
         return self._executable
 
     def _prepare_options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.options.items() if k in {"timeout_s", "device"}}
+        options = {k: v for k, v in self.options.items() if k in {"timeout_s", "device"}}
+        cluster = self._cluster()
+        if cluster is not None:
+            options["cluster"], options["party"] = cluster
+        return options
 
     # -- Keras API ----------------------------------------------------------------------------
     def predict(self, x: Any, batch_size: int | None = None, verbose: str | int = "auto", steps: int | None = None) -> Any:
@@ -183,6 +201,8 @@ class PrivateModel:
         metrics are computed on its side, in the clear, from what it received.
         """
         predictions = self.predict(x, batch_size=batch_size, verbose=verbose)
+        if predictions is None:
+            return None  # this process is not the client (distributed mode)
         return compiled_scores(self.model, y, predictions, return_dict)
 
     def fit(self, x: Any = None, y: Any = None, **kwargs: Any) -> Any:

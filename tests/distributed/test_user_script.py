@@ -1,0 +1,75 @@
+"""One unchanged Keras user script: embedded by default, one process per party under ``launch``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bridge.cluster import to_toml
+from bridge.ir import Role
+from tests.distributed.conftest import loopback_cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+USER_SCRIPT = """
+import json, os, sys
+import numpy as np
+import keras
+from frontends.keras import privatize
+
+model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, activation="relu"), keras.layers.Dense(3)])
+rng = np.random.default_rng(1)
+model.set_weights([rng.normal(0.0, 0.5, w.shape).astype("float32") for w in model.get_weights()])
+x = np.random.default_rng(2).normal(size=(10, 8)).astype("float32")
+private = privatize(model, privacy="encrypted_serving")
+out = private.predict(x, batch_size=4, verbose=0)
+if out is not None:  # only the client process receives predictions
+    stats = private.last_stats
+    print("RESULT " + json.dumps({"out": out.tolist(), "keras": model.predict(x, verbose=0).tolist(),
+                                  "party": os.environ.get("PRIVACY_BRIDGE_PARTY", "embedded")}))
+"""
+
+
+def _env(backend: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="torch",
+               PRIVACY_BRIDGE_BACKEND=backend)
+    for key in ("PRIVACY_BRIDGE_CLUSTER", "PRIVACY_BRIDGE_PARTY", "RANK", "WORLD_SIZE"):
+        env.pop(key, None)
+    return env
+
+
+def _results(stdout: str) -> list[dict]:
+    return [json.loads(line.split("RESULT ", 1)[1]) for line in stdout.splitlines() if "RESULT " in line]
+
+
+@pytest.mark.parametrize("backend", ["torch-spdz", "tf-pond"])
+def test_same_script_embedded_and_launched(backend, tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text(USER_SCRIPT)
+    embedded = subprocess.run([sys.executable, str(script)], env=_env(backend), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+    assert embedded.returncode == 0, embedded.stderr[-3000:]
+    (alone,) = _results(embedded.stdout)
+
+    cluster = loopback_cluster({
+        "server0": frozenset({Role.COMPUTE, Role.MODEL_OWNER}),
+        "server1": frozenset({Role.COMPUTE, Role.DATA_OWNER, Role.CLIENT}),
+        "dealer": frozenset({Role.DEALER}),
+    }, timeout_s=30.0)
+    cluster_file = tmp_path / "cluster.toml"
+    cluster_file.write_text(to_toml(cluster))
+    launched = subprocess.run(
+        [sys.executable, "-m", "frontends.cli", "launch", "--cluster", str(cluster_file), "--", str(script)],
+        env=_env(backend), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    (distributed,) = _results(launched.stdout)  # exactly one process, the client, got outputs
+    assert distributed["party"] == "server1"
+    np.testing.assert_allclose(distributed["out"], distributed["keras"], atol=3e-3)
+    np.testing.assert_allclose(distributed["out"], alone["out"], atol=3e-3)
