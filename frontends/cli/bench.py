@@ -228,7 +228,7 @@ def run_all(
 ) -> list[dict[str, Any]]:
     """Run every workload on every backend; print each table as it completes."""
     names = backends or secure_backend_names()
-    chosen = workloads or [*INFERENCE_WORKLOADS, "mlp_infer_stream", "mlp_train"]
+    chosen = workloads or [*INFERENCE_WORKLOADS, "mlp_infer_stream", "distributed", "mlp_train"]
     rows: list[dict[str, Any]] = []
     inference = [w for w in chosen if w in INFERENCE_WORKLOADS]
     if inference:
@@ -238,6 +238,13 @@ def run_all(
     if "mlp_infer_stream" in chosen:
         table = [run_batches(mlp_infer(), b, batches=3 if quick else 10) for b in names]
         print("Serving a stream of batches (weights masked once)\n" + format_table(table) + "\n", flush=True)
+        rows += table
+    if "distributed" in chosen:
+        from bridge.bench_distributed import distributed_rows
+
+        table = distributed_rows([mlp_infer(), cnn_infer()], names, repeats=2 if quick else 5)
+        print("Inference, one process per party on loopback (one thread each)\n" + format_table(table) + "\n",
+              flush=True)
         rows += table
     if "mlp_train" in chosen:
         try:

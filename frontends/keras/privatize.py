@@ -211,9 +211,11 @@ class PrivateModel:
         if self.privacy == PrivacyMode.ENCRYPTED_TRAINING:
             from frontends.keras.training import fit_encrypted
 
-            allowed = {"keep_shared", "check_overflow"}
+            allowed = {"keep_shared", "check_overflow", "timeout_s", "device"}
             extra = {k: v for k, v in self.options.items() if k in allowed}
-            return fit_encrypted(self.model, self.backend, data, parties=self._parties, **extra, **kwargs)
+            return fit_encrypted(
+                self.model, self.backend, data, parties=self._parties, numerics=self._numerics, **extra, **kwargs
+            )
         if self.privacy == PrivacyMode.FEDERATED:
             from frontends.keras.federated import fit_federated
 

@@ -292,6 +292,7 @@ def fit_encrypted(
             verbose=1 if verbose == "auto" else verbose, epochs=epochs, steps=steps, model=model,
         )
         model.stop_training = False
+        traffic: list[Any] = []
         callback_list.on_train_begin()
         epoch_logs: dict[str, float] = {}
         for epoch in range(epochs):
@@ -305,6 +306,7 @@ def fit_encrypted(
                 if model.stop_training:
                     break
             epoch_logs = {"loss": _mean(results, None), **{m: _mean(results, m) for m in metrics}}
+            traffic.extend(r.stats for r in results)
             if val_rows:
                 val_results = [
                     executable.evaluate_batch(b, "validation")
@@ -316,6 +318,7 @@ def fit_encrypted(
             if model.stop_training:
                 break
         history = model.history
+        history.comm_stats = _compute_traffic(traffic, program)
         if keep_shared:
             history.serving = executable.serving()
         else:
@@ -335,3 +338,15 @@ def _write_back(model: Any, trained: Mapping[str, np.ndarray]) -> None:
             name = f"{layer.name}/{variable.path.rsplit('/', 1)[-1]}"
             if name in trained:
                 variable.assign(np.asarray(trained[name], dtype=variable.dtype))
+
+
+def _compute_traffic(stats: list[Any], program: Any) -> tuple[int, int] | None:
+    """(bytes, rounds) the busiest compute party sent over all training steps."""
+    stats = [s for s in stats if s is not None]
+    if not stats:
+        return None
+    compute = program.placement.compute_parties
+    return (
+        max(sum(s.total_bytes(p) for s in stats) for p in compute),
+        max(sum(s.total_rounds(p) for s in stats) for p in compute),
+    )
