@@ -29,16 +29,36 @@ class Prg:
         cipher = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16))
         self._encryptor = cipher.encryptor()
 
+    def _stream(self, n: int) -> bytearray:
+        """n keystream bytes written straight into a fresh buffer (no zero-string or copy)."""
+        out = bytearray(n + 15)  # update_into wants room for a block's slack
+        written = self._encryptor.update_into(_zeros(n), out)
+        if written != n:
+            raise RuntimeError(f"AES-CTR produced {written} bytes, expected {n}")
+        return out
+
     def bytes(self, n: int) -> bytes:
-        return self._encryptor.update(b"\x00" * n)
+        return bytes(self._stream(n)[:n])
 
     def ring(self, shape: tuple[int, ...]) -> np.ndarray:
         """Uniform elements of Z_2^64 as int64."""
         count = int(np.prod(shape, dtype=np.int64))
-        return np.frombuffer(self.bytes(8 * count), dtype=np.int64).reshape(shape).copy()
+        return np.frombuffer(self._stream(8 * count), dtype=np.int64, count=count).reshape(shape)
 
     def bits(self, shape: tuple[int, ...]) -> np.ndarray:
         """Uniform bits (0/1) as int64, eight per random byte."""
         count = int(np.prod(shape, dtype=np.int64))
-        raw = np.frombuffer(self.bytes((count + 7) // 8), dtype=np.uint8)
+        nbytes = (count + 7) // 8
+        raw = np.frombuffer(self._stream(nbytes), dtype=np.uint8, count=nbytes)
         return np.unpackbits(raw)[:count].astype(np.int64).reshape(shape)
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def _zeros(n: int) -> memoryview:
+    """A read-only view of n zero bytes, from one shared buffer that grows on demand."""
+    global _ZEROS
+    if len(_ZEROS) < n:
+        _ZEROS = bytes(max(n, 2 * len(_ZEROS)))
+    return memoryview(_ZEROS)[:n]
