@@ -40,7 +40,7 @@ model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss="sparse_ca
 # --- the one line that makes it private ------------------------------------------------
 dp = {"clip_norm": 1.0, "noise_multiplier": 0.5} if args.dp else {}
 private = privatize(model, privacy="federated", backend=args.backend,
-                    rounds=2 if args.quick else 15, local_epochs=1, secure_aggregation=True, **dp)
+                    rounds=8 if args.quick else 15, local_epochs=1, secure_aggregation=True, **dp)
 history = private.fit(hospitals, batch_size=32, verbose=0 if args.quick else "auto")
 
 _, accuracy = model.evaluate(x_test, y_test, verbose=0)

@@ -16,7 +16,7 @@ from bridge.mpc.comm import Transport
 from bridge.mpc.kernels import RingKernels
 from bridge.mpc.runtime import PartyRunner
 
-SECURE_MODES = frozenset({PrivacyMode.ENCRYPTED_SERVING, PrivacyMode.ENCRYPTED_TRAINING})
+SECURE_MODES = frozenset({PrivacyMode.ENCRYPTED_SERVING, PrivacyMode.ENCRYPTED_TRAINING, PrivacyMode.FEDERATED})
 
 
 class SecureBackend(Backend):

@@ -152,7 +152,8 @@ def run_federated(initial: list[np.ndarray], data: DemoData, backend: str, epoch
     start = time.perf_counter()
     history = private.fit(clients, batch_size=32, verbose=0)
     wall = time.perf_counter() - start
-    nbytes = history.history.get("bytes_per_party", ["-"])[-1] if hasattr(history, "history") else "-"
+    per_round = history.history.get("bytes_per_party", [])
+    nbytes = int(sum(per_round)) if per_round else "-"
     return Row("federated (secure aggregation)", backend, _accuracy(model, data), wall, nbytes, "-",
                curve=list(history.history.get("accuracy", [])))
 
@@ -190,8 +191,8 @@ def run_demo(backend: str | None = None, all_backends: bool = False, quick: bool
         backends = [b for b in available_backends() if b != "plaintext"]
     else:
         backends = [resolve_backend(backend, "encrypted_serving").backend]
-    data = load_digits_data(limit_train=300 if quick else None)
-    epochs = 2 if quick else 8
+    data = load_digits_data(limit_train=600 if quick else None)
+    epochs = 3 if quick else 10
     print(f"load_digits: {len(data.x_train)} training / {len(data.x_test)} test images; backends: {backends}")
     steps: list[tuple[str, Callable[[], Row | None]]] = []
     model, plain_row, initial = run_plaintext(data, epochs)
