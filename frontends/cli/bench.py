@@ -228,7 +228,7 @@ def run_all(
 ) -> list[dict[str, Any]]:
     """Run every workload on every backend; print each table as it completes."""
     names = backends or secure_backend_names()
-    chosen = workloads or [*INFERENCE_WORKLOADS, "mlp_infer_stream", "distributed", "mlp_train"]
+    chosen = workloads or [*INFERENCE_WORKLOADS, "mlp_infer_stream", "distributed", "mlp_train", "federated"]
     rows: list[dict[str, Any]] = []
     inference = [w for w in chosen if w in INFERENCE_WORKLOADS]
     if inference:
@@ -255,4 +255,12 @@ def run_all(
             table = [mlp_train(b, quick=quick) for b in names]
             print("Encrypted training\n" + format_table(table) + "\n", flush=True)
             rows += table
+    if "federated" in chosen:
+        from bridge.federated.bench import federated_bench
+
+        table = [federated_bench(b, quick=quick) for b in names]
+        table.append(federated_bench(names[0], secure_aggregation=False, quick=quick))
+        print("Federated (FedAvg vs the same local training without aggregation)\n" + format_table(table) + "\n",
+              flush=True)
+        rows += table
     return rows
