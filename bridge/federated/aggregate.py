@@ -31,6 +31,12 @@ class TooFewClientsError(RuntimeError):
     """Fewer clients than ``min_clients`` contributed to a round; nothing was revealed."""
 
 
+def dropped_clause(dropped: Mapping[str, str]) -> str:
+    """The tail of a too-few-clients error: each dropped client and why, so the user can fix that client."""
+    reasons = "".join(f"\n  {client}: {why}" for client, why in dropped.items())
+    return f" Dropped:{reasons}" if reasons else ""
+
+
 @dataclass(frozen=True)
 class NoiseSpec:
     """Gaussian noise N(0, std^2) on the first ``length`` entries of the sum."""

@@ -39,7 +39,14 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bridge.federated.aggregate import Aggregate, Aggregator, FailureInjector, NoiseSpec, TooFewClientsError
+from bridge.federated.aggregate import (
+    Aggregate,
+    Aggregator,
+    FailureInjector,
+    NoiseSpec,
+    TooFewClientsError,
+    dropped_clause,
+)
 from bridge.federated.dp import PrivacyLedger, clip_update
 
 
@@ -247,10 +254,9 @@ class FedAvg:
             if on_client_done is not None:
                 on_client_done(client, ok)
         if len(vectors) < cfg.min_clients:
-            reasons = "".join(f"\n  {c}: {why}" for c, why in dropped.items())
             raise TooFewClientsError(
                 f"round {round_index + 1}: {len(vectors)} of {len(sampled)} sampled clients finished local "
-                f"training, fewer than min_clients={cfg.min_clients}.{' Dropped:' + reasons if reasons else ''} "
+                f"training, fewer than min_clients={cfg.min_clients}.{dropped_clause(dropped)} "
                 "Fix the failing clients, raise round_timeout_s, or lower min_clients."
             )
         noise = NoiseSpec(cfg.noise_multiplier * cfg.clip_norm, layout.size) if cfg.differentially_private else None

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge.federated.aggregate import Aggregate, FailureInjector, NoiseSpec, TooFewClientsError
+from bridge.federated.aggregate import Aggregate, FailureInjector, NoiseSpec, TooFewClientsError, dropped_clause
 from bridge.federated.dp import csprng_gaussian
 from bridge.ir import Numerics
 from bridge.mpc import protocol as P
@@ -167,10 +167,9 @@ class SecureAggregator:
 
 
 def _too_few(round_index: int, count: int, min_clients: int, dropped: Mapping[str, str]) -> str:
-    reasons = "".join(f"\n  {c}: {why}" for c, why in dropped.items())
     return (
         f"round {round_index + 1}: only {count} client update(s) can be aggregated, fewer than "
-        f"min_clients={min_clients}; nothing was revealed.{' Dropped:' + reasons if reasons else ''} "
+        f"min_clients={min_clients}; nothing was revealed.{dropped_clause(dropped)} "
         "Fix the failing clients, or lower min_clients."
     )
 

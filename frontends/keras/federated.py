@@ -8,7 +8,6 @@ averaging, sampling, dropouts and privacy live in ``bridge.federated``.
 
 from __future__ import annotations
 
-import os
 import threading
 import zlib
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from bridge.federated import (
 )
 from bridge.federated.aggregate import FailureInjector
 from bridge.federated.fedavg import clients_per_round
+from frontends.keras.privatize import progress_verbosity
 
 
 @dataclass
@@ -199,7 +199,7 @@ def fit_federated(
     )
     history.federated_rounds = []
     history.privacy = _privacy_summary(config, fedavg)
-    show = _verbosity(verbose)
+    show = progress_verbosity(verbose)
     per_round = clients_per_round(len(clients), client_fraction)
 
     model.stop_training = False
@@ -286,12 +286,6 @@ def _first_leaf(x: Any) -> Any:
 
 def _num_samples(y: Any) -> int:
     return int(np.shape(y)[0]) if np.ndim(y) else 0
-
-
-def _verbosity(verbose: str | int) -> int:
-    if verbose in (0, "silent") or (verbose == "auto" and os.environ.get("CI")):
-        return 0
-    return 1 if verbose == "auto" else int(verbose)
 
 
 def _round_logs(result: RoundResult) -> dict[str, float]:

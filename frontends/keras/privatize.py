@@ -284,12 +284,20 @@ def _as_input_dict(program: Program, x: Any) -> dict[str, np.ndarray]:
     return {names[0]: np.asarray(x)}
 
 
-def _progbar(steps: int, verbose: str | int) -> Any:
+def progress_verbosity(verbose: str | int) -> int:
+    """Keras' verbose argument as a Progbar level; "auto" is silent under CI, as logs there are files."""
     if verbose in (0, "silent") or (verbose == "auto" and os.environ.get("CI")):
+        return 0
+    return 1 if verbose == "auto" else int(verbose)
+
+
+def _progbar(steps: int, verbose: str | int) -> Any:
+    level = progress_verbosity(verbose)
+    if not level:
         return None
     import keras
 
-    return keras.utils.Progbar(steps, verbose=1 if verbose == "auto" else int(verbose))
+    return keras.utils.Progbar(steps, verbose=level)
 
 
 def _merge_stats(stats: list[Any]) -> Any:
