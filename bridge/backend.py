@@ -87,7 +87,8 @@ class TrainingExecutable(ABC):
 
     @abstractmethod
     def weights(self) -> dict[str, np.ndarray]:
-        """The current parameters, delivered to the model owner (IR parameter names)."""
+        """The current parameters, delivered to the model owner (IR parameter names);
+        ``{}`` in a process that hosts only other parties (distributed mode)."""
 
     def serving(self) -> Executable:
         """The trained model, still on the backend, ready to serve (where supported)."""

@@ -276,7 +276,7 @@ class SecureTrainingExecutable(TrainingExecutable):
     def __init__(
         self,
         program: Program,
-        weights: Mapping[str, np.ndarray],
+        weights: Mapping[str, np.ndarray] | None,
         kernels: RingKernels,
         *,
         metrics: tuple[str, ...] = (),
@@ -312,8 +312,12 @@ class SecureTrainingExecutable(TrainingExecutable):
         self.parties: PartyRunner = runner or ThreadedParties(
             placement.names, kernels, program.numerics, compute, dealer, timeout_s
         )
-        validate_weights(program, weights)
-        prepared = secure_parameters(program, weights)
+        prepared = None
+        if self.owner in self.parties.contexts:  # weights are needed only where the model owner runs
+            if weights is None:
+                raise ValueError(f"party {self.owner!r} owns the model here but no weights were given")
+            validate_weights(program, weights)
+            prepared = secure_parameters(program, weights)
         before = self.parties.stats.snapshot()
         self._params: dict[str, dict[str, Any]] = self.parties.run(
             lambda ctx: setup_party(ctx, program, prepared if ctx.name == self.owner else None)
@@ -447,7 +451,10 @@ class SecureTrainingExecutable(TrainingExecutable):
 
     # -- results -------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
-        """Reveal the parameters to the model owner; refuse any beyond the overflow bound."""
+        """Reveal the parameters to the model owner; refuse any beyond the overflow bound.
+
+        Every party takes part; a process that does not host the model owner gets ``{}``.
+        """
         names = sorted(self.program.graph.parameters)
 
         def reveal(ctx: PartyContext) -> dict[str, np.ndarray]:
@@ -462,9 +469,7 @@ class SecureTrainingExecutable(TrainingExecutable):
 
         results = self.parties.run(reveal)
         if self.owner not in results:
-            raise BackendError(
-                f"the trained weights go to the model owner {self.owner!r}, which runs in another process"
-            )
+            return {}  # the model owner runs in another process: only it receives the weights
         revealed = results[self.owner]
         if self.check_overflow:
             bad = sorted(n for n, v in revealed.items() if np.max(np.abs(v), initial=0.0) >= self.overflow_bound)
@@ -487,7 +492,7 @@ class SecureTrainingExecutable(TrainingExecutable):
                     "placement": placement or self.program.placement}
         )
         validate_program(program)
-        missing = sorted(set(program.placement.names) - set(self.parties.contexts))
+        missing = sorted(set(program.placement.names) - set(self.program.placement.names))
         if missing:
             raise BackendError(f"serving placement names parties {missing} that did not take part in training")
         return _SharedModel(program, self.parties, self._params)

@@ -214,7 +214,8 @@ class PrivateModel:
             allowed = {"keep_shared", "check_overflow", "timeout_s", "device"}
             extra = {k: v for k, v in self.options.items() if k in allowed}
             return fit_encrypted(
-                self.model, self.backend, data, parties=self._parties, numerics=self._numerics, **extra, **kwargs
+                self.model, self.backend, data, parties=self._parties, numerics=self._numerics,
+                cluster=self._cluster(), **extra, **kwargs,
             )
         if self.privacy == PrivacyMode.FEDERATED:
             from frontends.keras.federated import fit_federated

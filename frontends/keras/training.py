@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge.backend import Backend, TrainingExecutable
+from bridge.backend import Backend, BackendError, TrainingExecutable
 from bridge.ir import Loss, Numerics, Party, Placement, PrivacyMode, Program, Role, SGDSpec, TrainingSpec
 from bridge.reference_train import TrainingRefused, batch_schedule
 
@@ -93,13 +93,23 @@ def _loss(model: Any) -> tuple[Loss, bool]:
     return kind, bool(config.get("from_logits", False))
 
 
+def _is_keras_sgd(opt: Any) -> bool:
+    """Keras' own SGD: ``keras.optimizers.SGD`` or the active backend's SGD (with the torch
+    backend it is a subclass, ``keras.src.backend.torch.optimizers.torch_sgd.SGD``); never a
+    user subclass, whose update may differ from the one computed under encryption."""
+    import keras
+
+    cls = type(opt)
+    return isinstance(opt, keras.optimizers.SGD) and cls.__name__ == "SGD" and cls.__module__.startswith("keras.")
+
+
 def _optimizer(model: Any) -> SGDSpec:
     import keras
 
     opt = getattr(model, "optimizer", None)
     if opt is None:
         raise TrainingRefused(f"the model is not compiled with an optimizer; use {SUPPORTED_OPTIMIZER}")
-    if type(opt) is not keras.optimizers.SGD:
+    if not _is_keras_sgd(opt):
         raise TrainingRefused(
             f"optimizer {type(opt).__name__} is not supported by encrypted training (its update needs "
             f"divisions and square roots of secret values); use {SUPPORTED_OPTIMIZER}"
@@ -187,7 +197,31 @@ def training_placement(
     )
 
 
-def _owned(data: Any, what: str, parties: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def cluster_training_placement(program: Program, data_owners: list[str], cluster: Any) -> Placement:
+    """The placement of a cluster's parties (``bridge.cluster.ClusterConfig``), with their roles:
+    its one ``model_owner`` owns the weights, the first data owner the inputs and outputs."""
+    owners_in_cluster = set(cluster.with_role(Role.DATA_OWNER))
+    strangers = [d for d in data_owners if d not in owners_in_cluster]
+    if strangers:
+        raise ValueError(
+            f"data owners {strangers} are not data_owner parties of the cluster (it has "
+            f"{sorted(owners_in_cluster)}); name the data by the cluster's data owners, e.g. {{name: (x, y)}}"
+        )
+    model_owners = cluster.with_role(Role.MODEL_OWNER)
+    if len(model_owners) != 1:
+        raise ValueError(f"encrypted training needs exactly one model_owner in the cluster; it has {list(model_owners)}")
+    first = data_owners[0]
+    return Placement(
+        parties=tuple(Party(name=p.name, roles=p.roles) for p in cluster.parties),
+        input_owners={v: first for v in program.graph.inputs},
+        param_owner=model_owners[0],
+        output_receivers={v: (first,) for v in program.graph.outputs},
+    )
+
+
+def _owned(
+    data: Any, what: str, parties: Any, default_owner: str = "data_owner"
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if isinstance(data, Mapping):
         out = {}
         for owner, pair in data.items():
@@ -198,7 +232,7 @@ def _owned(data: Any, what: str, parties: Any) -> dict[str, tuple[np.ndarray, np
             raise ValueError(f"{what} maps no data owner to data")
         return out
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        owner = "data_owner"
+        owner = default_owner
         if isinstance(parties, Mapping) and parties.get("data_owner"):
             owner = str(parties["data_owner"])
         return {owner: (np.asarray(data[0]), np.asarray(data[1]))}
@@ -234,6 +268,7 @@ def fit_encrypted(
     numerics: Numerics | None = None,
     timeout_s: float | None = None,
     device: str | None = None,
+    cluster: tuple[Any, str] | None = None,
     **unsupported: Any,
 ) -> Any:
     """Train ``model`` on ``backend`` like ``model.fit``; returns a ``keras.callbacks.History``.
@@ -247,6 +282,12 @@ def fit_encrypted(
     parties: a Placement, or {"model_owner", "compute", "dealer"} names.
     check_overflow, overflow_bound: the fixed-point overflow check of
       ``bridge.mpc.training`` (on by default).
+    cluster: (ClusterConfig, this process's party) to run only that party here
+      (``privacy-bridge party/launch`` set it through ``privatize``).  Every process
+      passes data of the same shapes; only each owner's own values are used, so the
+      other processes may pass zeros.  Only the model owner's process sees the loss
+      and metrics (NaN elsewhere) and gets the trained weights written into ``model``
+      (``history.received_weights``).
     """
     import keras
 
@@ -263,16 +304,33 @@ def fit_encrypted(
     batch_size = batch_size or 32
     spec = training_spec(model, epochs=max(epochs, 1), batch_size=batch_size, shuffle=shuffle)
     metrics = compiled_metrics(model, spec.loss)
-    owned = _owned(data, "data", parties)
+    config, party = cluster if cluster is not None else (None, None)
+    default_owner = "data_owner"
+    if config is not None and not parties:
+        cluster_owners = config.with_role(Role.DATA_OWNER)
+        default_owner = cluster_owners[0] if len(cluster_owners) == 1 else default_owner
+    owned = _owned(data, "data", parties, default_owner)
     val = None
     if validation_data is not None:
         val = _owned(validation_data, "validation_data", {"data_owner": next(iter(owned))})
     owners = list(dict.fromkeys([*owned, *(val or {})]))
     program, weights = to_ir(model, numerics=numerics, privacy=PrivacyMode.ENCRYPTED_TRAINING)
     program = program.model_copy(update={"training": spec})
-    program = program.model_copy(update={"placement": training_placement(program, owners, parties)})
+    if config is not None and not parties:
+        placement = cluster_training_placement(program, owners, config)
+    else:
+        placement = training_placement(program, owners, parties)
+    program = program.model_copy(update={"placement": placement})
 
     options: dict[str, Any] = {"metrics": metrics}
+    if config is not None:
+        if backend.name == "plaintext":
+            raise BackendError(
+                "this process is one party of a cluster (privacy-bridge party/launch), but the plaintext "
+                "backend runs every party in one process; pick torch-spdz or tf-pond"
+            )
+        config.check_placement(placement)
+        options["cluster"], options["party"] = config, party
     if backend.name != "plaintext":
         options["check_overflow"] = check_overflow
         if overflow_bound is not None:
@@ -319,10 +377,13 @@ def fit_encrypted(
                 break
         history = model.history
         history.comm_stats = _compute_traffic(traffic, program)
+        history.received_weights = False
         if keep_shared:
             history.serving = executable.serving()
         else:
-            _write_back(model, executable.weights())
+            trained = executable.weights()  # {} where another process hosts the model owner
+            _write_back(model, trained)
+            history.received_weights = bool(trained)
         executable.close()  # drops the shared data; a kept model lives on in history.serving
         callback_list.on_train_end(logs=epoch_logs)
         return history

@@ -55,3 +55,24 @@ def tiny_mlp(seed: int = 0) -> tuple[Program, dict[str, np.ndarray]]:
 def batches(count: int = 2, rows: int = 5) -> list[np.ndarray]:
     rng = np.random.default_rng(1)
     return [rng.uniform(-1.0, 1.0, size=(rows, 6)) for _ in range(count)]
+
+
+def tiny_training(seed: int = 0) -> tuple[Program, dict[str, np.ndarray]]:
+    """``tiny_mlp`` with a softmax head, trained by SGD on sparse labels: encrypted training."""
+    from bridge.ir import Loss, SGDSpec, TrainingSpec
+
+    program, weights = tiny_mlp(seed)
+    graph = program.graph
+    softmax = Node(name="p", op=irops.Softmax(), inputs=("y",), output="p")
+    graph = graph.model_copy(update={"nodes": (*graph.nodes, softmax), "outputs": {"p": TensorSpec(shape=(None, 3))}})
+    spec = TrainingSpec(loss=Loss.SPARSE_CATEGORICAL_CROSSENTROPY, optimizer=SGDSpec(learning_rate=0.25), batch_size=8)
+    program = Program(name="tiny_training", graph=graph, placement=placement(["x"], ["p"]),
+                      privacy=PrivacyMode.ENCRYPTED_TRAINING, training=spec)
+    return program, weights
+
+
+def training_data(rows: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes a small MLP can learn: the label is the argmax of the first three features."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1.0, 1.0, size=(rows, 6))
+    return x, np.argmax(x[:, :3], axis=1)

@@ -9,28 +9,33 @@ import os
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bridge.cluster import ClusterError, cluster_from_dict, to_toml
-from bridge.ir import save_program
+from bridge.ir import Program, save_program
 from bridge.launch import LaunchReport, launch, launch_parties, run_party
 from bridge.reference import run_reference
+from bridge.reference_train import ReferenceTrainingExecutable, batch_schedule
 from bridge.registry import get_backend
 from tests.conftest import SECURE_BACKENDS
 from tests.distributed.conftest import TIMEOUT_S, loopback_cluster
-from tests.distributed.models import CLIENT, batches, tiny_mlp
+from tests.distributed.models import CLIENT, batches, tiny_mlp, tiny_training, training_data
 
 SCRIPT = Path(__file__).with_name("party_script.py")
+TRAIN_SCRIPT = Path(__file__).with_name("train_script.py")
+EPOCHS = 2
 
 
 class LaunchedRun:
-    """One ``launch`` of the party script over a loopback cluster, and what each party wrote."""
+    """One ``launch`` of a party script over a loopback cluster, and what each party wrote."""
 
-    def __init__(self, root: Path, backend: str, extra: list[str], timeout_s: float = TIMEOUT_S) -> None:
-        self.program, self.weights = tiny_mlp()
+    def __init__(self, root: Path, backend: str, extra: list[str], timeout_s: float = TIMEOUT_S,
+                 model: Callable[[], tuple[Program, dict[str, np.ndarray]]] = tiny_mlp, script: Path = SCRIPT) -> None:
+        self.program, self.weights = model()
         save_program(root / "program", self.program, self.weights)
         self.cluster = loopback_cluster(timeout_s=timeout_s)
         (root / "cluster.toml").write_text(to_toml(self.cluster))
@@ -40,7 +45,7 @@ class LaunchedRun:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         self.report: LaunchReport = launch_parties(
             root / "cluster.toml",
-            [str(SCRIPT), str(root / "program"), backend, str(self.out), *extra],
+            [str(script), str(root / "program"), backend, str(self.out), *extra],
             timeout_s=120,
             grace_s=30,
             stream=self.log,
@@ -87,6 +92,60 @@ def test_serving_matches_embedded_with_identical_counts(tmp_path, backend):
         reference = run_reference(run.program, run.weights, {"x": x})["y"]
         np.testing.assert_allclose(np.array(got["y"]), want, atol=2e-3)
         np.testing.assert_allclose(np.array(got["y"]), reference, atol=2e-3)
+
+
+def _train(executable, epochs: int) -> list[tuple[float, float]]:
+    x, y = training_data()
+    rows = executable.load_data({CLIENT: (x, y)})
+    steps = []
+    for epoch in range(epochs):
+        for batch in batch_schedule(rows, executable.program.training.batch_size, epoch, seed=0):
+            step = executable.train_batch(batch)
+            steps.append((step.loss, step.metrics["accuracy"]))
+    return steps
+
+
+@pytest.mark.parametrize("backend", SECURE_BACKENDS)
+def test_training_matches_embedded_with_identical_counts(tmp_path, backend):
+    run = LaunchedRun(tmp_path, backend, [str(EPOCHS)], timeout_s=30.0, model=tiny_training, script=TRAIN_SCRIPT)
+    assert run.report.exit_code == 0, run.log.getvalue()[-3000:]
+
+    embedded = get_backend(backend).prepare_training(run.program, run.weights, metrics=("accuracy",))
+    setup = counts(embedded.setup_stats)
+    steps, step_counts = [], []
+    x, y = training_data()
+    rows = embedded.load_data({CLIENT: (x, y)})
+    for epoch in range(EPOCHS):
+        for batch in batch_schedule(rows, run.program.training.batch_size, epoch, seed=0):
+            step = embedded.train_batch(batch)
+            steps.append((step.loss, step.metrics["accuracy"]))
+            step_counts.append(counts(step.stats))
+    embedded_weights = embedded.weights()
+    plain = ReferenceTrainingExecutable(run.program, run.weights, metrics=("accuracy",))
+    reference_steps = _train(plain, EPOCHS)
+    reference_weights = plain.weights()
+
+    owner = run.program.placement.param_owner
+    for party in run.cluster.names:
+        record = run.record(party)
+        assert record["setup_stats"] == {party: setup[party]}
+        assert record["step_stats"] == [{party: c[party]} for c in step_counts]
+        # only the model owner learns the loss, the metrics and the trained weights
+        if party == owner:
+            got = np.array(record["losses"])
+            np.testing.assert_allclose(got, np.array(reference_steps), atol=5e-3)
+            np.testing.assert_allclose(got, np.array(steps), atol=5e-3)
+            for name, value in reference_weights.items():
+                np.testing.assert_allclose(np.array(record["weights"][name]), value, atol=5e-3)
+                np.testing.assert_allclose(np.array(record["weights"][name]), embedded_weights[name], atol=5e-3)
+        else:
+            assert record["losses"] == [None] * len(steps) and record["weights"] == {}
+    # the model kept shared answers the client's query, and only the client
+    served = run.record(CLIENT)["served"]["p"]
+    want = run_reference(run.program, reference_weights, {"x": batches()[0]})["p"]
+    np.testing.assert_allclose(np.array(served), want, atol=5e-3)
+    assert all(run.record(p)["served"] == {} for p in run.cluster.names if p != CLIENT)
+    assert reference_steps[-1][0] < reference_steps[0][0]  # it learned something
 
 
 @pytest.mark.parametrize(

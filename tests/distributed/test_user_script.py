@@ -36,12 +36,56 @@ if out is not None:  # only the client process receives predictions
 """
 
 
+TRAINING_SCRIPT = """
+import json, os
+import numpy as np
+import keras
+from frontends.keras import privatize
+
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                          keras.layers.Dense(3, activation="softmax")])
+model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.25), loss="sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+rng = np.random.default_rng(2)
+x = rng.uniform(-1, 1, size=(24, 6)).astype("float32")
+y = np.argmax(x[:, :3], axis=1)
+start = [w.copy() for w in model.get_weights()]
+private = privatize(model, privacy="encrypted_training")
+history = private.fit(x, y, epochs=2, batch_size=8, verbose=0)
+print("RESULT " + json.dumps({
+    "party": os.environ.get("PRIVACY_BRIDGE_PARTY", "embedded"),
+    "received": history.received_weights,
+    "loss": history.history["loss"],
+    "changed": any(not np.array_equal(a, b) for a, b in zip(start, model.get_weights())),
+    "weights": [w.tolist() for w in model.get_weights()],
+}))
+"""
+
 def _env(backend: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="torch",
                PRIVACY_BRIDGE_BACKEND=backend)
     for key in ("PRIVACY_BRIDGE_CLUSTER", "PRIVACY_BRIDGE_PARTY", "RANK", "WORLD_SIZE"):
         env.pop(key, None)
     return env
+
+
+def _launch(backend: str, tmp_path: Path, script: Path) -> subprocess.CompletedProcess:
+    """``privacy-bridge launch`` of ``script`` as server0 (compute, model owner), server1 (compute,
+    data owner, client) and a dealer, each in its own process."""
+    cluster = loopback_cluster({
+        "server0": frozenset({Role.COMPUTE, Role.MODEL_OWNER}),
+        "server1": frozenset({Role.COMPUTE, Role.DATA_OWNER, Role.CLIENT}),
+        "dealer": frozenset({Role.DEALER}),
+    }, timeout_s=30.0)
+    cluster_file = tmp_path / "cluster.toml"
+    cluster_file.write_text(to_toml(cluster))
+    launched = subprocess.run(
+        [sys.executable, "-m", "frontends.cli", "launch", "--cluster", str(cluster_file), "--", str(script)],
+        env=_env(backend), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    return launched
 
 
 def _results(stdout: str) -> list[dict]:
@@ -57,19 +101,32 @@ def test_same_script_embedded_and_launched(backend, tmp_path):
     assert embedded.returncode == 0, embedded.stderr[-3000:]
     (alone,) = _results(embedded.stdout)
 
-    cluster = loopback_cluster({
-        "server0": frozenset({Role.COMPUTE, Role.MODEL_OWNER}),
-        "server1": frozenset({Role.COMPUTE, Role.DATA_OWNER, Role.CLIENT}),
-        "dealer": frozenset({Role.DEALER}),
-    }, timeout_s=30.0)
-    cluster_file = tmp_path / "cluster.toml"
-    cluster_file.write_text(to_toml(cluster))
-    launched = subprocess.run(
-        [sys.executable, "-m", "frontends.cli", "launch", "--cluster", str(cluster_file), "--", str(script)],
-        env=_env(backend), cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
-    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    launched = _launch(backend, tmp_path, script)
     (distributed,) = _results(launched.stdout)  # exactly one process, the client, got outputs
     assert distributed["party"] == "server1"
     np.testing.assert_allclose(distributed["out"], distributed["keras"], atol=3e-3)
     np.testing.assert_allclose(distributed["out"], alone["out"], atol=3e-3)
+
+
+@pytest.mark.parametrize("backend", ["torch-spdz", "tf-pond"])
+def test_same_training_script_embedded_and_launched(backend, tmp_path):
+    script = tmp_path / "train_script.py"
+    script.write_text(TRAINING_SCRIPT)
+    embedded = subprocess.run([sys.executable, str(script)], env=_env(backend), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+    assert embedded.returncode == 0, embedded.stderr[-3000:]
+    (alone,) = _results(embedded.stdout)
+    assert alone["received"] and alone["changed"]
+
+    launched = _launch(backend, tmp_path, script)
+    results = {r["party"]: r for r in _results(launched.stdout)}
+    assert sorted(results) == ["dealer", "server0", "server1"]
+    # the model owner's process (server0) alone gets the loss and the trained weights
+    owner = results["server0"]
+    assert owner["received"] and owner["changed"]
+    for party in ("server1", "dealer"):
+        assert not results[party]["received"] and not results[party]["changed"]
+        assert all(np.isnan(v) for v in results[party]["loss"])
+    np.testing.assert_allclose(owner["loss"], alone["loss"], atol=5e-3)
+    for got, want in zip(owner["weights"], alone["weights"], strict=True):
+        np.testing.assert_allclose(got, want, atol=5e-3)

@@ -62,6 +62,20 @@ def test_unsupported_optimizers_are_refused_saying_what_is_supported(optimizer, 
         training_spec(model)
 
 
+class _MySGD(keras.optimizers.SGD):
+    """A user subclass: its update may differ from plain SGD, so it must be refused."""
+
+
+def test_a_subclass_of_sgd_is_refused_and_each_keras_backends_own_sgd_accepted():
+    model = _model()
+    model.compile(optimizer=_MySGD(0.1), loss="sparse_categorical_crossentropy")
+    with pytest.raises(TrainingRefused, match="optimizer _MySGD is not supported"):
+        training_spec(model)
+    # keras.optimizers.SGD builds the active backend's subclass (torch_sgd.SGD under KERAS_BACKEND=torch)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    assert training_spec(model).optimizer.learning_rate == pytest.approx(0.1)
+
+
 @pytest.mark.parametrize(
     ("loss", "message"),
     [
