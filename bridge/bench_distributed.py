@@ -12,6 +12,10 @@ twice, each time in fresh processes with one compute thread each
   start;
 * embedded: every party in threads of one process, the same placement.
 
+``training_rows(backends)`` does the same for ``mlp_train`` (``bridge.bench_train``):
+one epoch, end to end from a common start after the parties have connected (party
+setup, sharing the weights and the data, the epoch), in three processes and embedded.
+
 Bytes and rounds are counted exactly as ``privacy-bridge bench`` counts them (what a
 compute party sends during a run, input sharing excluded; the dealer apart), and
 ``counts_match`` says whether every party's counts, label by label, equal the
@@ -92,8 +96,6 @@ def measure(
     embedded: bool = True,
 ) -> dict[str, Any]:
     """One row: ``workload`` on ``backend``, one process per party (and embedded, to compare)."""
-    from bridge.launch import launch_parties
-
     program = workload.program
     if three_processes:
         program = program.model_copy(update={"placement": three_party_placement(program.placement)})
@@ -102,35 +104,9 @@ def measure(
         root = Path(tmp)
         save_program(root / "program", program, workload.weights)
         np.savez(root / "inputs.npz", **workload.inputs())
-        cluster = ClusterConfig(
-            parties=tuple(
-                PartyEntry(name=p.name, roles=p.roles, address=f"127.0.0.1:{_free_port()}") for p in placement.parties
-            ),
-            timeout_s=120.0,
-        )
-        (root / "cluster.toml").write_text(to_toml(cluster))
-        log_path = root / "launch.log"
-        with log_path.open("w") as log:
-            report = launch_parties(
-                root / "cluster.toml",
-                ["-m", "bridge.bench_distributed", "party", str(root), backend, str(repeats)],
-                timeout_s=timeout_s,
-                stream=log,
-                env=_one_thread_env(),
-            )
-        if report.exit_code != 0:
-            raise RuntimeError(
-                f"distributed {workload.name} on {backend} failed (exit {report.exit_code}):\n"
-                + log_path.read_text()[-4000:]
-            )
-        records = {p: json.loads((root / f"{p}.json").read_text()) for p in placement.names}
-        reference = None
-        if embedded:
-            subprocess.run(
-                [sys.executable, "-m", "bridge.bench_distributed", "embedded", str(root), backend, str(repeats)],
-                check=True, env=_one_thread_env(), timeout=timeout_s, capture_output=True,
-            )
-            reference = json.loads((root / "embedded.json").read_text())
+        records = _launch(root, placement, ["party", str(root), backend, str(repeats)], timeout_s,
+                          f"distributed {workload.name} on {backend}")
+        reference = _embedded(root, ["embedded", str(root), backend, str(repeats)], timeout_s) if embedded else None
 
     compute, dealer = placement.compute_parties, placement.dealer
     # every timed run starts together, so a run's wall time is its slowest party's
@@ -154,6 +130,77 @@ def measure(
             for p in placement.names
         )
     return row
+
+
+def _launch(root: Path, placement: Placement, args: list[str], timeout_s: float, what: str) -> dict[str, Any]:
+    """Run ``python -m bridge.bench_distributed ARGS`` as every party, one process each; their records."""
+    from bridge.launch import launch_parties
+
+    cluster = ClusterConfig(
+        parties=tuple(
+            PartyEntry(name=p.name, roles=p.roles, address=f"127.0.0.1:{_free_port()}") for p in placement.parties
+        ),
+        timeout_s=120.0,
+    )
+    (root / "cluster.toml").write_text(to_toml(cluster))
+    log_path = root / "launch.log"
+    with log_path.open("w") as log:
+        report = launch_parties(root / "cluster.toml", ["-m", "bridge.bench_distributed", *args],
+                                timeout_s=timeout_s, stream=log, env=_one_thread_env())
+    if report.exit_code != 0:
+        raise RuntimeError(f"{what} failed (exit {report.exit_code}):\n" + log_path.read_text()[-4000:])
+    return {p: json.loads((root / f"{p}.json").read_text()) for p in placement.names}
+
+
+def _embedded(root: Path, args: list[str], timeout_s: float) -> dict[str, Any]:
+    """The same measurement with every party in threads of one fresh process."""
+    subprocess.run([sys.executable, "-m", "bridge.bench_distributed", *args],
+                   check=True, env=_one_thread_env(), timeout=timeout_s, capture_output=True)
+    return json.loads((root / "embedded.json").read_text())
+
+
+def measure_training(
+    backend: str, *, rows: int = 1024, embedded: bool = True, timeout_s: float = 900.0,
+    sizes: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """One ``mlp_train`` row: an epoch of ``rows`` samples in three processes (and embedded)."""
+    from bridge.bench_train import SIZES, mlp_train_program, random_data
+
+    sizes = sizes or SIZES
+    program, weights = mlp_train_program(sizes)
+    program = program.model_copy(update={"placement": three_party_placement(program.placement)})
+    placement = program.placement
+    x, y = random_data(rows, sizes=sizes)
+    with tempfile.TemporaryDirectory(prefix="pb-bench-train-") as tmp:
+        root = Path(tmp)
+        save_program(root / "program", program, weights)
+        np.savez(root / "data.npz", x=x, y=y)
+        records = _launch(root, placement, ["train", str(root), backend, "1"], timeout_s,
+                          f"distributed mlp_train on {backend}")
+        reference = _embedded(root, ["train-embedded", str(root), backend, "1"], timeout_s) if embedded else None
+    compute, dealer = placement.compute_parties, placement.dealer
+    last = {p: records[p]["stats"] for p in placement.names}
+    row: dict[str, Any] = {
+        "workload": "mlp_train" + ("" if rows == 1024 and sizes == SIZES else f" ({rows} rows)"),
+        "backend": backend,
+        "processes": len(placement.names),
+        "threads_per_process": 1,
+        "wall_s": max(records[p]["walls"][0] for p in placement.names),
+        "bytes_per_party": max(_total(last[p], EXCLUDE) for p in compute),
+        "rounds": max(_total(last[p], EXCLUDE, index=1) for p in compute),
+        "dealer_bytes": _total(last[dealer], ()) if dealer else 0,
+    }
+    if reference is not None:
+        row["embedded_wall_s"] = reference["walls"][0]
+        row["counts_match"] = all(records[p]["stats"] == reference["stats"].get(p, {}) for p in placement.names)
+    return row
+
+
+def training_rows(
+    backends: Iterable[str] = ("torch-spdz", "tf-pond"), *, quick: bool = False, embedded: bool = True
+) -> list[dict[str, Any]]:
+    """An ``mlp_train`` row per backend (``quick``: 256 rows instead of 1024)."""
+    return [measure_training(b, rows=256 if quick else 1024, embedded=embedded) for b in backends]
 
 
 def distributed_rows(
@@ -237,6 +284,63 @@ def _party_main(root: Path, backend_name: str, repeats: int) -> None:
     (root / f"{party}.json").write_text(json.dumps(record))
 
 
+def _training_epoch(executable: Any, program: Program, x: np.ndarray, y: np.ndarray, owner: str) -> None:
+    from bridge.reference_train import batch_schedule
+
+    rows = executable.load_data({owner: (x, y)})
+    for batch in batch_schedule(rows, program.training.batch_size, 0, seed=0):
+        executable.train_batch(batch)
+
+
+def _training_inputs(root: Path) -> tuple[Program, dict[str, np.ndarray], np.ndarray, np.ndarray, str]:
+    program, weights = load_program(root / "program")
+    with np.load(root / "data.npz") as data:
+        x, y = data["x"], data["y"]
+    (owner,) = set(program.placement.input_owners.values())
+    return program, weights, x, y, owner
+
+
+def _train_party_main(root: Path, backend_name: str) -> None:
+    """One party of the epoch: connect, meet the others, then time setup + sharing + epoch."""
+    _one_thread(backend_name)
+    from bridge.cluster import cluster_from_environment
+    from bridge.mpc.distributed import connect
+    from bridge.registry import get_backend
+
+    found = cluster_from_environment(os.environ)
+    if found is None:
+        raise RuntimeError("run the benchmark party through bridge.launch")
+    cluster, party = found
+    program, weights, x, y, owner = _training_inputs(root)
+    if party != owner:
+        x, y = np.zeros_like(x), np.zeros_like(y)  # only the owner's values are used
+    backend = get_backend(backend_name)
+    _barrier(connect(backend, cluster, party), program.placement.names)  # prepare reuses this connection
+    start = time.perf_counter()
+    executable = backend.prepare_training(
+        program, weights if party == program.placement.param_owner else None, cluster=cluster, party=party,
+        timeout_s=120,
+    )
+    _training_epoch(executable, program, x, y, owner)
+    wall = time.perf_counter() - start
+    record = {"walls": [wall], "stats": _labels(executable.parties.stats, party)}
+    (root / f"{party}.json").write_text(json.dumps(record))
+
+
+def _train_embedded_main(root: Path, backend_name: str) -> None:
+    _one_thread(backend_name)
+    from bridge.registry import get_backend
+
+    program, weights, x, y, owner = _training_inputs(root)
+    start = time.perf_counter()
+    executable = get_backend(backend_name).prepare_training(program, weights, timeout_s=120)
+    _training_epoch(executable, program, x, y, owner)
+    wall = time.perf_counter() - start
+    stats = executable.parties.stats
+    record = {"walls": [wall], "stats": {p: _labels(stats, p) for p in program.placement.names}}
+    (root / "embedded.json").write_text(json.dumps(record))
+
+
 def _embedded_main(root: Path, backend_name: str, repeats: int) -> None:
     _one_thread(backend_name)
     from bridge.registry import get_backend
@@ -259,14 +363,20 @@ def _embedded_main(root: Path, backend_name: str, repeats: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The measured processes: ``party ROOT BACKEND REPEATS`` (under bridge.launch) or
-    ``embedded ROOT BACKEND REPEATS``.  ``privacy-bridge bench`` calls ``distributed_rows``."""
+    ``embedded ROOT BACKEND REPEATS``; ``train`` / ``train-embedded`` for one epoch (REPEATS: 1).  ``privacy-bridge bench`` calls ``distributed_rows``."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 4 or args[0] not in ("party", "embedded"):
-        print("usage: python -m bridge.bench_distributed {party,embedded} ROOT BACKEND REPEATS", file=sys.stderr)
+    modes = {"party": _party_main, "embedded": _embedded_main}
+    training = {"train": _train_party_main, "train-embedded": _train_embedded_main}
+    if len(args) != 4 or args[0] not in (*modes, *training):
+        print("usage: python -m bridge.bench_distributed {party,embedded,train,train-embedded} ROOT BACKEND REPEATS",
+              file=sys.stderr)
         return 2
     import torch  # noqa: F401 - before TensorFlow
 
-    (_party_main if args[0] == "party" else _embedded_main)(Path(args[1]), args[2], int(args[3]))
+    if args[0] in training:
+        training[args[0]](Path(args[1]), args[2])
+    else:
+        modes[args[0]](Path(args[1]), args[2], int(args[3]))
     return 0
 
 

@@ -69,9 +69,9 @@ def mlp_train_program(sizes: tuple[int, ...] = SIZES, seed: int = 0) -> tuple[Pr
     return program, weights
 
 
-def random_data(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def random_data(rows: int, seed: int = 0, sizes: tuple[int, ...] = SIZES) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.uniform(0.0, 1.0, size=(rows, SIZES[0])), rng.integers(0, SIZES[-1], size=rows)
+    return rng.uniform(0.0, 1.0, size=(rows, sizes[0])), rng.integers(0, sizes[-1], size=rows)
 
 
 def plaintext_torch_seconds(weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, repeats: int = 5) -> float:

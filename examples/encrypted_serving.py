@@ -11,7 +11,6 @@ secret-shared; only the client can open the predictions.
 import argparse
 
 import keras
-import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -40,10 +39,14 @@ model.fit(x_train, y_train, epochs=3 if args.quick else 20, batch_size=32, verbo
 private = privatize(model, privacy="encrypted_serving", backend=args.backend)
 
 n = 64 if args.quick else len(x_test)
-loss, accuracy = private.evaluate(x_test[:n], y_test[:n], batch_size=64, verbose=0)
-plain_loss, plain_accuracy = model.evaluate(x_test[:n], y_test[:n], verbose=0)
+scores = private.evaluate(x_test[:n], y_test[:n], batch_size=64, verbose=0)
 stats = private.last_stats
-server = private.program.placement.compute_parties[0]
 print(f"backend: {private.backend.name}")
-print(f"encrypted accuracy {accuracy:.4f} (plaintext {plain_accuracy:.4f}) on {n} test images")
-print(f"one compute server sent {stats.total_bytes(server) / 1e6:.2f} MB in {stats.total_rounds(server)} rounds")
+if scores is not None:  # only the client receives predictions (one process per party: its process)
+    loss, accuracy = scores
+    plain_loss, plain_accuracy = model.evaluate(x_test[:n], y_test[:n], verbose=0)
+    print(f"encrypted accuracy {accuracy:.4f} (plaintext {plain_accuracy:.4f}) on {n} test images")
+for server in private.program.placement.compute_parties:
+    if stats.total_bytes(server):  # each process counts its own party's traffic
+        print(f"compute server {server} sent {stats.total_bytes(server) / 1e6:.2f} MB "
+              f"in {stats.total_rounds(server)} rounds")

@@ -4,6 +4,7 @@ Modules, each with one job:
   fedavg      rounds, public client sampling, local training with failures and timeouts, averaging
   aggregate   the aggregator interface and the trusted (non-secure) aggregator
   secure_sum  secure aggregation: clients secret-share updates to two aggregators over ring kernels
+  distributed one process per party: the owner broadcasts, clients train and share, aggregators sum
   dp          clipping, CSPRNG Gaussian noise, (epsilon, delta) from dp-accounting
   splits      IID and label-skewed client splits (load_digits)
   bench       federated wall time vs the same local training alone

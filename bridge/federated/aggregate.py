@@ -53,12 +53,15 @@ class Aggregate:
     included: tuple[str, ...]
     #: clients that were asked to contribute but whose contribution did not arrive, with why
     dropped: Mapping[str, str] = field(default_factory=dict)
-    #: bytes each aggregating party sent (to its peer and the model owner), max over them
-    bytes_per_aggregator: int = 0
-    #: rounds of the aggregating parties
-    rounds: int = 0
-    #: bytes all clients uploaded together
-    upload_bytes: int = 0
+    #: bytes each aggregating party sent (to its peer and the model owner), max over them;
+    #: None where the aggregators run in other processes (each counts its own traffic)
+    bytes_per_aggregator: int | None = 0
+    #: rounds of the aggregating parties (None: counted in their own processes)
+    rounds: int | None = 0
+    #: bytes all clients uploaded together (None: counted in their own processes)
+    upload_bytes: int | None = 0
+    #: bytes this process's own party sent in the round (one process per party), else None
+    party_bytes: int | None = None
 
 
 class Aggregator(Protocol):

@@ -126,17 +126,23 @@ class WeightLayout:
         parts = [np.asarray(w, dtype=np.float64).ravel() for w, a in zip(weights, self.averaged) if a]
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    def apply(self, weights: Sequence[np.ndarray], delta: np.ndarray) -> list[np.ndarray]:
-        """``weights`` plus ``delta`` on the averaged arrays, each in its own dtype."""
+    def unflatten(self, weights: Sequence[np.ndarray], flat: np.ndarray) -> list[np.ndarray]:
+        """``weights`` with the averaged arrays replaced by the values of ``flat``, each in its own dtype."""
+        if flat.shape != (self.size,):
+            raise ValueError(f"expected {self.size} weight values, received {flat.shape}")
         out, offset = [], 0
         for w, shape, dtype, averaged in zip(weights, self.shapes, self.dtypes, self.averaged):
             if not averaged:
                 out.append(np.array(w, copy=True))
                 continue
             n = int(np.prod(shape))
-            out.append((np.asarray(w, dtype=np.float64) + delta[offset : offset + n].reshape(shape)).astype(dtype))
+            out.append(flat[offset : offset + n].reshape(shape).astype(dtype))
             offset += n
         return out
+
+    def apply(self, weights: Sequence[np.ndarray], delta: np.ndarray) -> list[np.ndarray]:
+        """``weights`` plus ``delta`` on the averaged arrays, each in its own dtype."""
+        return self.unflatten(weights, self.flatten(weights) + delta)
 
 
 def clients_per_round(num_clients: int, fraction: float) -> int:
@@ -159,7 +165,7 @@ class FedAvg:
         self,
         clients: Sequence[str],
         trainer: LocalTrainer,
-        aggregator: Aggregator,
+        aggregator: Aggregator | None,
         config: FedAvgConfig,
         failure_injector: FailureInjector | None = None,
     ) -> None:
@@ -210,6 +216,48 @@ class FedAvg:
             raise box["error"]
         return box["result"]
 
+    # -- step 3: a client's vector --------------------------------------------------------------
+    def client_vector(
+        self,
+        client: str,
+        weights: list[np.ndarray],
+        round_index: int,
+        layout: WeightLayout,
+        metric_names: tuple[str, ...] | None,
+    ) -> tuple[np.ndarray, tuple[str, ...]]:
+        """Train ``client`` and build its vector a_i [d_i, metrics_i, 1]; raises why it cannot.
+
+        ``metric_names``: the names every client must report (None: take this client's);
+        returns the vector and the names used.
+        """
+        cfg = self.config
+        result = self._train(client, weights, round_index)
+        update = layout.flatten(result.weights) - layout.flatten(weights)
+        if not np.all(np.isfinite(update)):
+            raise FloatingPointError("its update contains NaN or infinite values (local training diverged)")
+        if cfg.clip_norm is not None:
+            update, _ = clip_update(update, cfg.clip_norm)
+        if cfg.differentially_private:
+            return np.concatenate([update, [1.0]]), ()
+        names = tuple(sorted(result.metrics)) if metric_names is None else tuple(metric_names)
+        if set(result.metrics) != set(names):
+            raise ValueError(f"it reported the metrics {sorted(result.metrics)}; every client must report {list(names)}")
+        values = [float(result.metrics[n]) for n in names]
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"its metrics {dict(result.metrics)} lack {names} or are not finite")
+        a = float(result.num_samples)
+        if a <= 0:
+            raise ValueError(f"it reported {result.num_samples} training samples")
+        return np.concatenate([a * update, a * np.asarray(values), [a]]), names
+
+    def vector_length(self, layout: WeightLayout, metric_names: Sequence[str]) -> int:
+        """The public length of every client's vector: the update, the metrics (none with DP), the weight."""
+        return layout.size + (0 if self.config.differentially_private else len(metric_names)) + 1
+
+    def noise(self, layout: WeightLayout) -> NoiseSpec | None:
+        cfg = self.config
+        return NoiseSpec(cfg.noise_multiplier * cfg.clip_norm, layout.size) if cfg.differentially_private else None
+
     # -- one round ------------------------------------------------------------------------------
     def run_round(
         self,
@@ -219,34 +267,17 @@ class FedAvg:
     ) -> RoundResult:
         start = time.perf_counter()
         cfg = self.config
+        if self.aggregator is None:
+            raise ValueError("this FedAvg has no aggregator; bridge.federated.distributed runs its rounds")
         weights = [np.asarray(w) for w in weights]
         layout = WeightLayout(weights)
-        flat_global = layout.flatten(weights)
         sampled = sample_clients(self.clients, cfg.client_fraction, cfg.seed, round_index)
         dropped: dict[str, str] = {}
         vectors: dict[str, np.ndarray] = {}
         metric_names: tuple[str, ...] | None = None
         for client in sampled:
             try:
-                result = self._train(client, weights, round_index)
-                update = layout.flatten(result.weights) - flat_global
-                if not np.all(np.isfinite(update)):
-                    raise FloatingPointError("its update contains NaN or infinite values (local training diverged)")
-                if cfg.clip_norm is not None:
-                    update, _ = clip_update(update, cfg.clip_norm)
-                if cfg.differentially_private:
-                    vectors[client] = np.concatenate([update, [1.0]])
-                else:
-                    names = tuple(sorted(result.metrics))
-                    if metric_names is None:
-                        metric_names = names
-                    values = [float(result.metrics.get(n, np.nan)) for n in metric_names]
-                    if not np.all(np.isfinite(values)):
-                        raise ValueError(f"its metrics {dict(result.metrics)} lack {metric_names} or are not finite")
-                    a = float(result.num_samples)
-                    if a <= 0:
-                        raise ValueError(f"it reported {result.num_samples} training samples")
-                    vectors[client] = np.concatenate([a * update, a * np.asarray(values), [a]])
+                vectors[client], metric_names = self.client_vector(client, weights, round_index, layout, metric_names)
                 ok = True
             except Exception as exc:  # noqa: BLE001 - any client failure drops that client only
                 dropped[client] = f"{type(exc).__name__}: {exc}"
@@ -259,11 +290,26 @@ class FedAvg:
                 f"training, fewer than min_clients={cfg.min_clients}.{dropped_clause(dropped)} "
                 "Fix the failing clients, raise round_timeout_s, or lower min_clients."
             )
-        noise = NoiseSpec(cfg.noise_multiplier * cfg.clip_norm, layout.size) if cfg.differentially_private else None
         aggregate = self.aggregator.aggregate(
-            round_index, vectors, noise=noise, min_clients=cfg.min_clients, failure_injector=self.failure_injector
+            round_index, vectors, noise=self.noise(layout), min_clients=cfg.min_clients,
+            failure_injector=self.failure_injector,
         )
         dropped.update(aggregate.dropped)
+        return self.finish_round(round_index, weights, sampled, aggregate, dropped, metric_names or (), start)
+
+    def finish_round(
+        self,
+        round_index: int,
+        weights: list[np.ndarray],
+        sampled: tuple[str, ...],
+        aggregate: Aggregate,
+        dropped: Mapping[str, str],
+        metric_names: Sequence[str],
+        start: float,
+    ) -> RoundResult:
+        """Step 5: the new global weights and the round's averaged metrics from the opened sum."""
+        cfg = self.config
+        layout = WeightLayout(weights)
         total = aggregate.total
         weight_sum = float(total[-1])
         new_weights = layout.apply(weights, total[: layout.size] / weight_sum)
@@ -280,7 +326,7 @@ class FedAvg:
             weights=new_weights,
             sampled=sampled,
             included=aggregate.included,
-            dropped=dropped,
+            dropped=dict(dropped),
             metrics=metrics,
             aggregate=aggregate,
             epsilon=epsilon,

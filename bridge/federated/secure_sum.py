@@ -39,6 +39,7 @@ own noise share: against that coalition the noise multiplier is sigma / sqrt(2).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import reduce
 from typing import Any
 
@@ -71,6 +72,43 @@ def client_party(client: str) -> str:
     return f"client:{client}"
 
 
+@dataclass(frozen=True)
+class AggregationParties:
+    """Who plays which part: the two aggregators, the model owner, and each client's network name.
+
+    In one process (the default) the names are fixed and clients are ``client:NAME``; with one
+    process per party (``bridge.federated.distributed``) they are the cluster's party names.
+    """
+
+    aggregators: tuple[str, str] = AGGREGATORS
+    owner: str = MODEL_OWNER
+    client_prefix: str = "client:"
+
+    def client(self, name: str) -> str:
+        return f"{self.client_prefix}{name}"
+
+    def client_name(self, party: str) -> str:
+        return party.removeprefix(self.client_prefix)
+
+
+IN_PROCESS = AggregationParties()
+
+
+def encode_update(client: str, vector: np.ndarray, participants: int, numerics: Numerics) -> np.ndarray:
+    """Client-side: the fixed-point encoding of ``vector``, refused if a sum of ``participants`` could wrap."""
+    array = np.asarray(vector, dtype=np.float64)
+    limit = numerics.max_abs_value / max(participants, 1)
+    peak = float(np.max(np.abs(array))) if array.size and np.all(np.isfinite(array)) else 0.0
+    if peak >= limit:
+        raise FixedPointError(
+            f"client {client!r}'s weighted update has an entry of magnitude {peak:g}; a sum of "
+            f"{participants} such updates must stay below 2^{numerics.ring_bits - 1 - numerics.frac_bits} "
+            f"(frac_bits={numerics.frac_bits}), so each entry must be below {limit:g}. "
+            "Lower Numerics.frac_bits, clip updates (clip_norm=...), or lower the learning rate."
+        )
+    return encode(array, numerics, f"client {client!r}'s update")
+
+
 class SecureAggregator:
     """Secure sum over the selected backend's ring kernels (see the module docstring)."""
 
@@ -93,17 +131,7 @@ class SecureAggregator:
 
     def encode_update(self, client: str, vector: np.ndarray, participants: int) -> np.ndarray:
         """Client-side: the fixed-point encoding of ``vector``, refused if a sum of ``participants`` could wrap."""
-        array = np.asarray(vector, dtype=np.float64)
-        limit = self.numerics.max_abs_value / max(participants, 1)
-        peak = float(np.max(np.abs(array))) if array.size and np.all(np.isfinite(array)) else 0.0
-        if peak >= limit:
-            raise FixedPointError(
-                f"client {client!r}'s weighted update has an entry of magnitude {peak:g}; a sum of "
-                f"{participants} such updates must stay below 2^{self.numerics.ring_bits - 1 - self.numerics.frac_bits} "
-                f"(frac_bits={self.numerics.frac_bits}), so each entry must be below {limit:g}. "
-                "Lower Numerics.frac_bits, clip updates (clip_norm=...), or lower the learning rate."
-            )
-        return encode(array, self.numerics, f"client {client!r}'s update")
+        return encode_update(client, vector, participants, self.numerics)
 
     def aggregate(
         self,
@@ -133,11 +161,11 @@ class SecureAggregator:
 
         def body(ctx: PartyContext) -> Any:
             if ctx.name == MODEL_OWNER:
-                return _owner(ctx, len(roster), min_clients)
+                return owner_part(ctx, len(roster), min_clients, IN_PROCESS)
             if ctx.is_compute:
-                return _aggregator(ctx, roster, length, min_clients, noise_std, noise_len)
-            client = ctx.name.removeprefix("client:")
-            return _client(ctx, round_index, client, encoded[client], failure_injector)
+                return aggregator_part(ctx, roster, length, min_clients, noise_std, noise_len, IN_PROCESS)
+            client = IN_PROCESS.client_name(ctx.name)
+            return client_part(ctx, round_index, client, encoded[client], failure_injector, IN_PROCESS)
 
         before = self.parties.stats.snapshot()
         results = self.parties.run(body, (*(client_party(c) for c in roster), *AGGREGATORS, MODEL_OWNER))
@@ -174,49 +202,71 @@ def _too_few(round_index: int, count: int, min_clients: int, dropped: Mapping[st
     )
 
 
-def _client(
-    ctx: PartyContext, round_index: int, client: str, encoded: np.ndarray, injector: FailureInjector | None
+def client_part(
+    ctx: PartyContext,
+    round_index: int,
+    client: str,
+    encoded: np.ndarray | None,
+    injector: FailureInjector | None,
+    parties: AggregationParties,
 ) -> str:
-    """Steps 1: share x_i; returns "" or why the client stopped between its two sends."""
-    mask = Prg(fresh_seed()).ring(encoded.shape)
-    with np.errstate(over="ignore"):
-        other = encoded - mask
+    """Step 1: share x_i; returns "" or why the client stopped between its two sends.
+
+    ``encoded=None``: the client has no update this round (its local training failed):
+    it withdraws by sending each aggregator an empty share, so that neither waits for it.
+    """
+    first, second = parties.aggregators
     with ctx.messenger.label(SHARE_LABEL):
-        ctx.messenger.send_many([AGGREGATORS[0]], [mask])
+        if encoded is None:
+            ctx.messenger.send_many([first, second], [np.zeros(0, np.int64)] * 2)
+            return ""
+        mask = Prg(fresh_seed()).ring(encoded.shape)
+        with np.errstate(over="ignore"):
+            other = encoded - mask
+        ctx.messenger.send_many([first], [mask])
         if injector is not None:
             try:
                 injector(round_index, client, "mid_share")
             except Exception as exc:  # noqa: BLE001 - a crashed client must not stop the others
                 return f"{type(exc).__name__}: {exc}"
-        ctx.messenger.send_many([AGGREGATORS[1]], [other])
+        ctx.messenger.send_many([second], [other])
     return ""
 
 
-def _aggregator(
+def aggregator_part(
     ctx: PartyContext,
     roster: tuple[str, ...],
     length: int,
     min_clients: int,
     noise_std: float,
     noise_len: int,
+    parties: AggregationParties,
 ) -> dict[str, None]:
-    """Steps 2-5 at aggregator A_j; returns the clients it heard from."""
+    """Steps 2-5 at aggregator A_j; returns the clients it heard from.
+
+    A share that is not a vector of ``length`` ring elements (a withdrawal, or a
+    malformed message) counts as not heard: it is discarded, never summed.
+    """
     k = ctx.kernels
     received: dict[str, P.Shared] = {}
     with ctx.messenger.label(SHARE_LABEL):
         for client in roster:
             try:
-                received[client] = P.Shared(k.from_numpy(ctx.messenger.recv(client_party(client))))
+                share = ctx.messenger.recv(parties.client(client))
             except PeerError:
                 continue
+            if share.shape == (length,):
+                received[client] = P.Shared(k.from_numpy(share))
     heard = np.array([c in received for c in roster], dtype=np.int64)
     with ctx.messenger.label(AGREE_LABEL):
         ctx.messenger.send(ctx.peer, heard, bits=1)
-        theirs = _recv_patiently(ctx, ctx.peer, len(roster) + 1)
+        theirs = recv_patiently(ctx, ctx.peer, len(roster) + 1)
+    if theirs.shape != heard.shape:
+        raise PeerError(f"aggregator {ctx.peer!r} sent a bitmap of {theirs.shape} for {len(roster)} clients")
     both = heard & theirs
     with ctx.messenger.label(REVEAL_LABEL):
         if int(both.sum()) < min_clients:
-            ctx.messenger.send(MODEL_OWNER, both)
+            ctx.messenger.send(parties.owner, both)
             return dict.fromkeys(received)
         parts = [received[c] for c, keep in zip(roster, both, strict=True) if keep]
         total = reduce(lambda a, b: P.add(ctx, a, b), parts)
@@ -224,11 +274,11 @@ def _aggregator(
             noise = np.zeros(length)
             noise[:noise_len] = csprng_gaussian((noise_len,), noise_std)
             total = P.add(ctx, total, P.Shared(k.from_numpy(encode(noise, ctx.numerics, "aggregation noise"))))
-        ctx.messenger.send_many([MODEL_OWNER, MODEL_OWNER], [both, k.to_numpy(total.share)])
+        ctx.messenger.send_many([parties.owner, parties.owner], [both, k.to_numpy(total.share)])
     return dict.fromkeys(received)
 
 
-def _recv_patiently(ctx: PartyContext, peer: str, timeouts: int) -> np.ndarray:
+def recv_patiently(ctx: PartyContext, peer: str, timeouts: int) -> np.ndarray:
     """Receive from ``peer``, which may itself be waiting out up to ``timeouts - 1`` share timeouts.
 
     An aborted network raises at once on every attempt, so this only ever waits
@@ -242,9 +292,11 @@ def _recv_patiently(ctx: PartyContext, peer: str, timeouts: int) -> np.ndarray:
     return ctx.messenger.recv(peer)
 
 
-def _owner(ctx: PartyContext, roster_size: int, min_clients: int) -> tuple[np.ndarray, np.ndarray | None]:
+def owner_part(
+    ctx: PartyContext, roster_size: int, min_clients: int, parties: AggregationParties
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Step 5 at the model owner: the included bitmap, and the opened sum (None if too few)."""
-    masks = [_recv_patiently(ctx, a, roster_size + 2) for a in AGGREGATORS]
+    masks = [recv_patiently(ctx, a, roster_size + 2) for a in parties.aggregators]
     if masks[0].shape != (roster_size,) or not np.array_equal(masks[0], masks[1]):
         raise PeerError(
             f"the aggregators disagree on which clients are included ({masks[0].tolist()} vs "
@@ -252,7 +304,9 @@ def _owner(ctx: PartyContext, roster_size: int, min_clients: int) -> tuple[np.nd
         )
     if int(masks[0].sum()) < min_clients:
         return masks[0], None
-    shares = [ctx.messenger.recv(a) for a in AGGREGATORS]
+    shares = [ctx.messenger.recv(a) for a in parties.aggregators]
+    if shares[0].shape != shares[1].shape:
+        raise PeerError(f"the aggregators' shares of the sum differ in shape ({shares[0].shape} vs {shares[1].shape})")
     with np.errstate(over="ignore"):
         total = shares[0] + shares[1]
     return masks[0], decode(total, ctx.numerics)

@@ -91,7 +91,7 @@ def _cmd_party(args: argparse.Namespace) -> int:
 def _cmd_launch(args: argparse.Namespace) -> int:
     from bridge.launch import launch
 
-    return launch(args.cluster, args.script, timeout_s=args.timeout)
+    return launch(args.cluster, args.script, timeout_s=args.timeout, grace_s=args.grace)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("launch", help="start every party of a cluster file on this host")
     p.add_argument("--cluster", required=True)
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--grace", type=float, default=5.0,
+                   help="seconds the other parties may run on after the first one fails (default 5); raise it "
+                        "for federated runs, which finish without a dead client")
     p.add_argument("script", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
     p.set_defaults(fn=_cmd_launch)
     return parser

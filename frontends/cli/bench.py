@@ -240,10 +240,11 @@ def run_all(
         print("Serving a stream of batches (weights masked once)\n" + format_table(table) + "\n", flush=True)
         rows += table
     if "distributed" in chosen:
-        from bridge.bench_distributed import distributed_rows
+        from bridge.bench_distributed import distributed_rows, training_rows
 
         table = distributed_rows([mlp_infer(), cnn_infer()], names, repeats=2 if quick else 5)
-        print("Inference, one process per party on loopback (one thread each)\n" + format_table(table) + "\n",
+        table += training_rows(names, quick=quick)
+        print("One process per party on loopback (one thread each)\n" + format_table(table) + "\n",
               flush=True)
         rows += table
     if "mlp_train" in chosen:

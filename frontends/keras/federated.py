@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,22 +66,13 @@ class KerasLocalTrainer:
         self.local_epochs = int(local_epochs)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self._compile_config = model.get_compile_config()
         self._workers: list[_Worker] = []
         self._pool_lock = threading.Lock()
 
     def _make_worker(self) -> _Worker:
         import keras
 
-        clone = keras.models.clone_model(self.model)
-        try:
-            clone.compile_from_config(self._compile_config)
-        except Exception as exc:  # noqa: BLE001 - re-raised with what to do
-            raise ValueError(
-                "fit_federated copies the model for each client with model.get_compile_config(), which failed "
-                f"({type(exc).__name__}: {exc}). Register custom losses, metrics or optimizers with "
-                "@keras.saving.register_keras_serializable()."
-            ) from exc
+        clone = keras_clone(self.model)
         if not clone.optimizer.built:
             clone.optimizer.build(clone.trainable_variables)
         start = [np.array(keras.ops.convert_to_numpy(v)) for v in clone.optimizer.variables]
@@ -125,6 +116,39 @@ class KerasLocalTrainer:
             worker.lock.release()
 
 
+def keras_metric_names(model: Any) -> tuple[str, ...]:
+    """The keys of ``model.fit``'s history for this compiled model ("loss" and the compiled
+    metrics), sorted, without training: every party of a distributed run must know them."""
+    clone = keras_clone(model)
+    cm = getattr(clone, "_compile_metrics", None)
+    names = ["loss"]
+    if cm is not None:
+        inputs = clone.inputs if getattr(clone, "inputs", None) else None
+        if inputs is None:
+            raise ValueError("fit_federated needs a model with a known input shape (keras.Input(...)) across processes")
+        probe = [np.zeros((1, *tuple(t.shape)[1:]), dtype="float32") for t in inputs]
+        y = clone(probe[0] if len(probe) == 1 else probe)
+        cm.build(y, y)
+        names += [m.name for m in cm.metrics]
+    return tuple(sorted(names))
+
+
+def keras_clone(model: Any) -> Any:
+    """A copy of ``model`` compiled as ``model`` is (its optimizer, loss and metrics)."""
+    import keras
+
+    clone = keras.models.clone_model(model)
+    try:
+        clone.compile_from_config(model.get_compile_config())
+    except Exception as exc:  # noqa: BLE001 - re-raised with what to do
+        raise ValueError(
+            "fit_federated copies the model for each client with model.get_compile_config(), which failed "
+            f"({type(exc).__name__}: {exc}). Register custom losses, metrics or optimizers with "
+            "@keras.saving.register_keras_serializable()."
+        ) from exc
+    return clone
+
+
 def fit_federated(
     model: Any,
     backend_name: str,
@@ -145,6 +169,7 @@ def fit_federated(
     seed: int = 0,
     round_timeout_s: float | None = None,
     failure_injector: FailureInjector | None = None,
+    cluster: tuple[Any, str] | None = None,
 ) -> Any:
     """Train ``model`` by FedAvg over ``data_by_client`` = {client: (x, y)}; returns a ``keras.callbacks.History``.
 
@@ -160,6 +185,15 @@ def fit_federated(
       round (also the aggregators' wait for a client's share; 30 s if None).
     failure_injector: ``f(round_index, client, phase)`` for tests: raising drops the
       client at "train" or "mid_share" (see ``bridge.federated.aggregate``).
+    cluster: (ClusterConfig, this process's party): one process per party
+      (``bridge.federated.distributed``; ``privatize`` passes it under
+      ``privacy-bridge party/launch``).  The clients are the cluster's data owners; a
+      client's process needs only its own entry of ``data_by_client``; an aggregator
+      waits the cluster's ``timeout_s`` for a share, and ``round_timeout_s`` bounds
+      each client's local training (it then withdraws from the round).  The model
+      owner's history is the one described here (with ``bytes_sent``, its own
+      traffic, instead of the aggregators'); elsewhere each round logs ``bytes_sent``,
+      and the clients end with the final global weights in ``model``.
 
     History per round: the clients' sample-weighted ``loss`` and compiled metrics
     (not released with DP noise on), ``val_*`` on ``validation_data`` (evaluated by
@@ -167,16 +201,14 @@ def fit_federated(
     (the most any aggregator sent), ``upload_bytes`` (all clients), and ``epsilon``
     with noise on.  ``history.federated_rounds`` lists who took part and who dropped
     and why; ``history.privacy`` the DP parameters.  The final global weights are
-    left in ``model``.
+    left in ``model`` (``history.received_weights``: False only at an aggregator's
+    process, which never sees the model).
     """
-    import keras
-
     if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
         raise ValueError(
             "fit_federated needs a compiled model: call model.compile(optimizer=..., loss=...) first, "
             "as for model.fit. Each client trains with that optimizer and loss."
         )
-    clients = _check_clients(data_by_client)
     config = FedAvgConfig(
         rounds=rounds,
         client_fraction=client_fraction,
@@ -189,62 +221,168 @@ def fit_federated(
     )
     if int(local_epochs) < 1:
         raise ValueError(f"local_epochs must be at least 1, received {local_epochs}")
+    settings = {"local_epochs": local_epochs, "batch_size": batch_size, "seed": seed}
+    driver = _Driver(model, config, validation_data, batch_size, callbacks, verbose)
+    if cluster is not None:
+        if not secure_aggregation:
+            raise BackendError(
+                "secure_aggregation=False keeps a trusted aggregator in one process; with one process per party "
+                "(privacy-bridge party/launch) federated training always aggregates securely. Drop "
+                "secure_aggregation=False, or run embedded (without a cluster)."
+            )
+        return _fit_distributed(model, backend_name, data_by_client, cluster, config, settings,
+                                failure_injector, driver)
+    clients = _check_clients(data_by_client)
     aggregator = _aggregator(backend_name, clients, secure_aggregation, round_timeout_s)
-    trainer = KerasLocalTrainer(model, data_by_client, local_epochs=local_epochs, batch_size=batch_size, seed=seed)
+    trainer = KerasLocalTrainer(model, data_by_client, **settings)
     fedavg = FedAvg(clients, trainer, aggregator, config, failure_injector)
+    return driver.drive(fedavg, len(clients), fedavg.run_round)
 
-    history = keras.callbacks.History()
-    callback_list = keras.callbacks.CallbackList(
-        [*(callbacks or []), history], model=model, epochs=rounds, verbose=0, steps=None
-    )
-    history.federated_rounds = []
-    history.privacy = _privacy_summary(config, fedavg)
-    show = progress_verbosity(verbose)
-    per_round = clients_per_round(len(clients), client_fraction)
 
-    model.stop_training = False
-    callback_list.on_train_begin()
-    weights = [np.asarray(w) for w in model.get_weights()]
-    for r in range(rounds):
-        callback_list.on_epoch_begin(r)
-        bar = None
-        if show:
-            print(f"Round {r + 1}/{rounds}")
-            bar = keras.utils.Progbar(per_round, verbose=show, unit_name="client")
-        done = [0]
+class _Driver:
+    """The model owner's loop over rounds: Keras callbacks, progress, History."""
 
-        def on_client_done(client: str, ok: bool, bar: Any = bar, done: list[int] = done) -> None:
-            done[0] += 1
+    def __init__(self, model: Any, config: FedAvgConfig, validation_data: Any, batch_size: int,
+                 callbacks: Sequence[Any] | None, verbose: str | int) -> None:
+        self.model, self.config = model, config
+        self.validation_data, self.batch_size = validation_data, batch_size
+        self.callbacks, self.verbose = callbacks, verbose
+
+    def history(self) -> tuple[Any, Any]:
+        import keras
+
+        history = keras.callbacks.History()
+        callback_list = keras.callbacks.CallbackList(
+            [*(self.callbacks or []), history], model=self.model, epochs=self.config.rounds, verbose=0, steps=None
+        )
+        history.federated_rounds = []
+        return history, callback_list
+
+    def drive(self, fedavg: FedAvg, num_clients: int,
+              play: Callable[[int, list[np.ndarray], Callable[[str, bool], None]], RoundResult]) -> Any:
+        import keras
+
+        model, config = self.model, self.config
+        history, callback_list = self.history()
+        history.privacy = _privacy_summary(config, fedavg)
+        show = progress_verbosity(self.verbose)
+        per_round = clients_per_round(num_clients, config.client_fraction)
+        model.stop_training = False
+        callback_list.on_train_begin()
+        weights = [np.asarray(w) for w in model.get_weights()]
+        for r in range(config.rounds):
+            callback_list.on_epoch_begin(r)
+            bar = None
+            if show:
+                print(f"Round {r + 1}/{config.rounds}")
+                bar = keras.utils.Progbar(per_round, verbose=show, unit_name="client")
+            done = [0]
+
+            def on_client_done(client: str, ok: bool, bar: Any = bar, done: list[int] = done) -> None:
+                done[0] += 1
+                if bar is not None:
+                    bar.update(done[0])
+
+            result = play(r, weights, on_client_done)
+            weights = result.weights
+            model.set_weights(weights)
+            logs = _round_logs(result)
+            if self.validation_data is not None:
+                x_val, y_val = self.validation_data
+                scores = model.evaluate(x_val, y_val, batch_size=self.batch_size, verbose=0, return_dict=True)
+                logs.update({f"val_{k}": float(v) for k, v in scores.items()})
+            history.federated_rounds.append(_round_report(result))
             if bar is not None:
-                bar.update(done[0])
+                bar.update(per_round, values=list(logs.items()), finalize=True)
+                for client, why in result.dropped.items():
+                    print(f"  dropped {client}: {why}")
+            callback_list.on_epoch_end(r, logs)
+            if model.stop_training:
+                break
+        callback_list.on_train_end()
+        if fedavg.ledger is not None:
+            history.privacy["epsilon"] = fedavg.ledger.epsilon
+        history.received_weights = True
+        return history
 
-        result = fedavg.run_round(r, weights, on_client_done)
-        weights = result.weights
-        model.set_weights(weights)
-        logs = _round_logs(result)
-        if validation_data is not None:
-            x_val, y_val = validation_data
-            scores = model.evaluate(x_val, y_val, batch_size=batch_size, verbose=0, return_dict=True)
-            logs.update({f"val_{k}": float(v) for k, v in scores.items()})
-        history.federated_rounds.append(_round_report(result))
-        if bar is not None:
-            bar.update(per_round, values=list(logs.items()), finalize=True)
-            for client, why in result.dropped.items():
-                print(f"  dropped {client}: {why}")
-        callback_list.on_epoch_end(r, logs)
-        if model.stop_training:
-            break
-    callback_list.on_train_end()
-    if fedavg.ledger is not None:
-        history.privacy["epsilon"] = fedavg.ledger.epsilon
+
+def _fit_distributed(
+    model: Any,
+    backend_name: str,
+    data_by_client: Mapping[str, tuple[Any, Any]],
+    cluster: tuple[Any, str],
+    config: FedAvgConfig,
+    settings: dict[str, Any],
+    failure_injector: FailureInjector | None,
+    driver: _Driver,
+) -> Any:
+    """This process's party of FedAvg (``bridge.federated.distributed``)."""
+    from bridge.federated.distributed import DistributedFedAvg, FederatedCluster, federated_runner
+    from bridge.ir import Numerics
+
+    cluster_config, party = cluster
+    parts = FederatedCluster.from_cluster(cluster_config)
+    if not isinstance(data_by_client, Mapping):
+        raise TypeError(f"federated training takes data_by_client = {{client_name: (x, y)}}, received "
+                        f"{type(data_by_client).__name__}")
+    strangers = sorted(set(data_by_client) - set(parts.clients))
+    if strangers:
+        raise ValueError(f"data_by_client names {strangers}, which are not data_owner parties of the cluster "
+                         f"(its clients are {list(parts.clients)})")
+    local: dict[str, tuple[Any, Any]] = {}
+    if party in parts.clients:
+        if party not in data_by_client:
+            raise ValueError(f"this process is client {party!r}, but data_by_client has no entry for it; "
+                             f"pass {{{party!r}: (x, y)}}")
+        local = {party: data_by_client[party]}
+        _check_clients(local)
+    backend = _secure_backend(backend_name)
+    trainer = KerasLocalTrainer(model, local, **settings)
+    fedavg = FedAvg(parts.clients, trainer, None, config, failure_injector)
+    runner = federated_runner(backend, cluster_config, party, Numerics())
+    metric_names = () if config.differentially_private else keras_metric_names(model)
+    federated = DistributedFedAvg(fedavg, runner, parts, metric_names)
+    if not federated.is_owner:
+        return _follow(model, federated, driver, fedavg)
+    try:
+        history = driver.drive(fedavg, len(parts.clients), lambda r, w, _done: federated.run_round(r, w))
+        federated.finish(len(history.federated_rounds), [np.asarray(w) for w in model.get_weights()])
+    except BaseException as exc:
+        runner.transport.abort(f"{type(exc).__name__}: {exc}")  # nobody waits for a failed owner
+        raise
     return history
 
 
-def _aggregator(
-    backend_name: str, clients: Sequence[str], secure: bool, round_timeout_s: float | None
-) -> SecureAggregator | TrustedAggregator:
-    if not secure:
-        return TrustedAggregator()
+def _follow(model: Any, federated: Any, driver: _Driver, fedavg: FedAvg) -> Any:
+    """A client's or an aggregator's loop: play each round until the owner says stop."""
+    history, callback_list = driver.history()
+    history.privacy = _privacy_summary(driver.config, fedavg)
+    show = progress_verbosity(driver.verbose)
+    party = federated.party
+    weights = [np.asarray(w) for w in model.get_weights()]
+    callback_list.on_train_begin()
+    r = 0
+    while True:
+        followed = federated.follow_round(r, weights)
+        if followed.stopped:
+            history.received_weights = followed.final is not None
+            if followed.final is not None:
+                model.set_weights(followed.final)
+            break
+        logs = {"bytes_sent": float(followed.stats.total_bytes(party))}
+        history.federated_rounds.append({"round": r + 1, "party": party, "withdrew": followed.withdrew,
+                                         "bytes_sent": int(logs["bytes_sent"])})
+        if show:
+            print(f"Round {r + 1}: {party} sent {int(logs['bytes_sent'])} bytes"
+                  + (f"; withdrew: {followed.withdrew}" if followed.withdrew else ""))
+        callback_list.on_epoch_begin(r)
+        callback_list.on_epoch_end(r, logs)
+        r += 1
+    callback_list.on_train_end()
+    return history
+
+
+def _secure_backend(backend_name: str) -> Any:
     from bridge.mpc.backend import SecureBackend
     from bridge.registry import get_backend
 
@@ -255,6 +393,15 @@ def _aggregator(
             f"{backend_name!r} has none. Pick a secure backend, or pass secure_aggregation=False for a "
             "trusted aggregator that sees every update."
         )
+    return backend
+
+
+def _aggregator(
+    backend_name: str, clients: Sequence[str], secure: bool, round_timeout_s: float | None
+) -> SecureAggregator | TrustedAggregator:
+    if not secure:
+        return TrustedAggregator()
+    backend = _secure_backend(backend_name)
     share_timeout = round_timeout_s if round_timeout_s is not None else 30.0
     return SecureAggregator(backend.make_kernels(), clients, share_timeout_s=share_timeout)
 
@@ -292,8 +439,13 @@ def _round_logs(result: RoundResult) -> dict[str, float]:
     logs = {k: float(v) for k, v in result.metrics.items()}
     logs["clients_used"] = float(len(result.included))
     logs["clients_dropped"] = float(len(result.dropped))
-    logs["bytes_per_party"] = float(result.aggregate.bytes_per_aggregator)
-    logs["upload_bytes"] = float(result.aggregate.upload_bytes)
+    aggregate = result.aggregate
+    if aggregate.bytes_per_aggregator is not None:
+        logs["bytes_per_party"] = float(aggregate.bytes_per_aggregator)
+    if aggregate.upload_bytes is not None:
+        logs["upload_bytes"] = float(aggregate.upload_bytes)
+    if aggregate.party_bytes is not None:
+        logs["bytes_sent"] = float(aggregate.party_bytes)
     if result.epsilon is not None:
         logs["epsilon"] = float(result.epsilon)
     return logs

@@ -220,7 +220,7 @@ class PrivateModel:
         if self.privacy == PrivacyMode.FEDERATED:
             from frontends.keras.federated import fit_federated
 
-            return fit_federated(self.model, self.backend.name, data, **self.options, **kwargs)
+            return fit_federated(self.model, self.backend.name, data, cluster=self._cluster(), **self.options, **kwargs)
         if self.privacy == PrivacyMode.NONE:
             if isinstance(data, tuple):
                 return self.model.fit(*data, **kwargs)

@@ -56,3 +56,27 @@ def test_bench_measures_a_workload(capsys):
     cells = [c.strip() for c in row.split("|")]
     assert cells[1] == "torch-spdz" and float(cells[2]) > 0
     assert np.isfinite(float(cells[4]))
+
+
+def test_launch_grace_lets_the_others_finish_after_a_party_fails(tmp_path, capsys):
+    import textwrap
+
+    from bridge.cluster import to_toml
+    from tests.distributed.conftest import loopback_cluster
+
+    (tmp_path / "cluster.toml").write_text(to_toml(loopback_cluster(["a", "b", "c"])))
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys, time
+        if os.environ["PRIVACY_BRIDGE_PARTY"] == "b":
+            sys.exit(3)
+        time.sleep(1.5)
+        print("finished", flush=True)
+    """))
+    args = ["launch", "--cluster", str(tmp_path / "cluster.toml")]
+    assert main([*args, "--grace", "30", "--", str(script)]) == 3  # b's status, but a and c were not killed
+    out = capsys.readouterr().out
+    assert out.count("finished") == 2 and "[launch] killed" not in out
+    assert main([*args, "--grace", "0", "--", str(script)]) == 3
+    out = capsys.readouterr().out
+    assert "finished" not in out and "[launch] killed ['a', 'c']" in out.replace("'c', 'a'", "'a', 'c'")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,3 +69,24 @@ def transport_class(engine: str):
 @pytest.fixture(params=["gloo", "grpc"])
 def engine(request) -> str:
     return request.param
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def script_env(backend: str) -> dict[str, str]:
+    """The environment of a user script run in a subprocess: this checkout importable, Keras on
+    torch, ``backend`` chosen by configuration, and no cluster: embedded unless launched."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="torch",
+               PRIVACY_BRIDGE_BACKEND=backend)
+    for key in ("PRIVACY_BRIDGE_CLUSTER", "PRIVACY_BRIDGE_PARTY", "RANK", "WORLD_SIZE"):
+        env.pop(key, None)
+    return env
+
+
+def run_embedded(script: Path, args: list[str], backend: str, cwd: Path) -> str:
+    """Run a user script in one process (every party in threads); its stdout."""
+    done = subprocess.run([sys.executable, str(script), *args], env=script_env(backend), cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout

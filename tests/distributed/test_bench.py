@@ -38,3 +38,26 @@ def test_measure_reports_process_figures_and_counts_equal_to_embedded():
     # the relu layer dominates: 4 comparison rounds + bit injection, 2 dense layers, the reveal
     assert row["rounds"] == 8
     assert row["bytes_per_party"] > 0 and row["dealer_bytes"] > 0
+
+
+def test_training_row_counts_one_epoch_in_three_processes_as_embedded():
+    from bridge.bench_distributed import measure_training
+
+    row = measure_training("torch-spdz", rows=32, sizes=(12, 8, 4))
+    assert row["processes"] == 3 and row["threads_per_process"] == 1
+    assert row["counts_match"] is True
+    assert row["wall_s"] > 0 and row["embedded_wall_s"] > 0
+    assert row["workload"] == "mlp_train (32 rows)"
+    # the row's figures are what a compute party sends in setup + epoch, sharing excluded
+    from bridge.bench_train import mlp_train_program, random_data
+    from bridge.registry import get_backend
+
+    program, weights = mlp_train_program((12, 8, 4))
+    program = program.model_copy(update={"placement": three_party_placement(program.placement)})
+    executable = get_backend("torch-spdz").prepare_training(program, weights)
+    executable.load_data({"server1": random_data(32, sizes=(12, 8, 4))})
+    executable.train_batch(np.arange(32))
+    stats = executable.parties.stats
+    assert row["bytes_per_party"] == max(stats.total_bytes(p, ("share:",)) for p in ("server0", "server1"))
+    assert row["rounds"] == max(stats.total_rounds(p, ("share:",)) for p in ("server0", "server1"))
+    assert row["dealer_bytes"] == stats.total_bytes("dealer")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,8 @@ import pytest
 
 from bridge.cluster import to_toml
 from bridge.ir import Role
-from tests.distributed.conftest import loopback_cluster
+from tests.distributed.conftest import loopback_cluster, run_embedded, script_env
 
-ROOT = Path(__file__).resolve().parents[2]
 
 USER_SCRIPT = """
 import json, os, sys
@@ -62,12 +60,6 @@ print("RESULT " + json.dumps({
 }))
 """
 
-def _env(backend: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="torch",
-               PRIVACY_BRIDGE_BACKEND=backend)
-    for key in ("PRIVACY_BRIDGE_CLUSTER", "PRIVACY_BRIDGE_PARTY", "RANK", "WORLD_SIZE"):
-        env.pop(key, None)
-    return env
 
 
 def _launch(backend: str, tmp_path: Path, script: Path) -> subprocess.CompletedProcess:
@@ -82,7 +74,7 @@ def _launch(backend: str, tmp_path: Path, script: Path) -> subprocess.CompletedP
     cluster_file.write_text(to_toml(cluster))
     launched = subprocess.run(
         [sys.executable, "-m", "frontends.cli", "launch", "--cluster", str(cluster_file), "--", str(script)],
-        env=_env(backend), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env=script_env(backend), cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
     return launched
@@ -96,10 +88,7 @@ def _results(stdout: str) -> list[dict]:
 def test_same_script_embedded_and_launched(backend, tmp_path):
     script = tmp_path / "user_script.py"
     script.write_text(USER_SCRIPT)
-    embedded = subprocess.run([sys.executable, str(script)], env=_env(backend), cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
-    assert embedded.returncode == 0, embedded.stderr[-3000:]
-    (alone,) = _results(embedded.stdout)
+    (alone,) = _results(run_embedded(script, [], backend, tmp_path))
 
     launched = _launch(backend, tmp_path, script)
     (distributed,) = _results(launched.stdout)  # exactly one process, the client, got outputs
@@ -112,10 +101,7 @@ def test_same_script_embedded_and_launched(backend, tmp_path):
 def test_same_training_script_embedded_and_launched(backend, tmp_path):
     script = tmp_path / "train_script.py"
     script.write_text(TRAINING_SCRIPT)
-    embedded = subprocess.run([sys.executable, str(script)], env=_env(backend), cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
-    assert embedded.returncode == 0, embedded.stderr[-3000:]
-    (alone,) = _results(embedded.stdout)
+    (alone,) = _results(run_embedded(script, [], backend, tmp_path))
     assert alone["received"] and alone["changed"]
 
     launched = _launch(backend, tmp_path, script)

@@ -44,3 +44,29 @@ def test_demo_prints_the_table_and_writes_the_plot(tmp_path):
     assert re.search(r"\d+\.\d%", out)
     assert plot.exists() and plot.stat().st_size > 1000
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+LAUNCHED = [
+    ("encrypted_serving", "cluster", "server1", "encrypted accuracy"),
+    ("encrypted_training", "training_cluster", "model_owner", "test accuracy after encrypted training"),
+    ("federated_hospitals", "federated_cluster", "model_owner", "test accuracy of the federated model"),
+]
+
+
+@pytest.mark.parametrize(("example", "cluster", "reporter", "line"), LAUNCHED, ids=[e for e, *_ in LAUNCHED])
+def test_example_runs_one_process_per_party_with_its_cluster_file(example, cluster, reporter, line, tmp_path):
+    """``privacy-bridge launch --cluster examples/X.toml -- examples/Y.py --quick``, on free ports."""
+    from bridge.cluster import load_cluster, to_toml
+    from tests.distributed.conftest import free_port
+
+    config = load_cluster(ROOT / "examples" / f"{cluster}.toml")
+    moved = config.model_copy(update={"parties": tuple(
+        p.model_copy(update={"address": f"127.0.0.1:{free_port()}"}) for p in config.parties)})
+    (tmp_path / "cluster.toml").write_text(to_toml(moved))
+    out = _run([sys.executable, "-m", "frontends.cli", "launch", "--cluster", str(tmp_path / "cluster.toml"), "--",
+                str(ROOT / "examples" / f"{example}.py"), "--quick"], tmp_path)
+    reported = re.findall(rf"^\[(\w+)\] {line}[^0-9\n]*([01]\.\d+)", out, flags=re.MULTILINE)
+    assert reporter in {party for party, _ in reported}, out[-3000:]
+    assert all(float(a) > 0.5 for _, a in reported), out[-3000:]
+    # every party ran the script to its end, each in its own process
+    assert {p.name for p in config.parties} <= set(re.findall(r"^\[(\w+)\] backend: ", out, flags=re.MULTILINE))

@@ -1,0 +1,179 @@
+"""Federated training with one process per party: the model owner, two aggregators, the clients.
+
+The same Keras script runs embedded and under ``launch``; the global model, the metrics and
+every party's traffic match, and a client killed mid-share is dropped while the rest finish.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bridge.cluster import ClusterError, to_toml
+from bridge.federated import FedAvg, FedAvgConfig
+from bridge.federated.distributed import BROADCAST_LABEL, GO, DistributedFedAvg, FederatedCluster
+from bridge.ir import Numerics, Role
+from bridge.launch import launch_parties
+from bridge.mpc.comm import InMemoryNetwork, PeerError
+from bridge.mpc.distributed import DistributedParty
+from bridge.mpc.numpy_kernels import NumpyKernels
+from tests.conftest import SECURE_BACKENDS
+from tests.distributed.conftest import loopback_cluster, run_embedded, script_env
+
+SCRIPT = Path(__file__).with_name("federated_script.py")
+CLIENTS = ("alice", "bob", "carol")
+#: the script's model: Dense(6 -> 8) and Dense(8 -> 3), kernels and biases
+PARAMETERS = 6 * 8 + 8 + 8 * 3 + 3
+ROUNDS = 2
+
+
+def _roles(clients: tuple[str, ...]) -> dict[str, frozenset[Role]]:
+    roles = {"model_owner": frozenset({Role.MODEL_OWNER}), "aggregator0": frozenset({Role.COMPUTE}),
+             "aggregator1": frozenset({Role.COMPUTE})}
+    roles.update({c: frozenset({Role.DATA_OWNER}) for c in clients})
+    return roles
+
+
+
+
+def _results(text: str) -> dict[str, dict]:
+    found = [json.loads(line.split("RESULT ", 1)[1]) for line in text.splitlines() if "RESULT " in line]
+    return {r["party"]: r for r in found}
+
+
+def _launched(tmp_path: Path, backend: str, clients: int, extra: list[str]) -> tuple[dict[str, dict], object, str]:
+    cluster = loopback_cluster(_roles(CLIENTS[:clients]), timeout_s=15.0)
+    (tmp_path / "cluster.toml").write_text(to_toml(cluster))
+    log = io.StringIO()
+    # a dead client must not stop the run: give the others time to finish without it
+    report = launch_parties(tmp_path / "cluster.toml", [str(SCRIPT), str(clients), str(ROUNDS), *extra],
+                            timeout_s=300, grace_s=120, stream=log, env=script_env(backend))
+    return _results(log.getvalue()), report, log.getvalue()
+
+
+@pytest.mark.parametrize("backend", SECURE_BACKENDS)
+def test_federated_rounds_across_processes_match_embedded(tmp_path, backend):
+    alone = _results(run_embedded(SCRIPT, ["2", str(ROUNDS)], backend, tmp_path))["embedded"]
+
+    results, report, log = _launched(tmp_path, backend, 2, [])
+    assert report.exit_code == 0 and report.killed == [], log[-3000:]
+    assert sorted(results) == ["aggregator0", "aggregator1", "alice", "bob", "model_owner"]
+    owner = results["model_owner"]
+    # the same global model and the same averaged metrics (the secure sum is exact in the ring)
+    for got, want in zip(owner["weights"], alone["weights"], strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    for key in ("loss", "accuracy", "clients_used", "clients_dropped"):
+        np.testing.assert_allclose(owner["logs"][key], alone["logs"][key], atol=1e-6)
+    # every client ends with the final global model; the aggregators never see it
+    for client in ("alice", "bob"):
+        for got, want in zip(results[client]["weights"], owner["weights"], strict=True):
+            np.testing.assert_allclose(got, want, atol=0)
+    # exact traffic: each aggregator 1 + 8 (m + L) bytes, as embedded; each client 2 * 8 L;
+    # the owner broadcasts [go, r] and the weights to 2 clients, [go, r] to 2 aggregators
+    m, length = 2, PARAMETERS + 2 + 1  # the update, loss and accuracy, the sample weight
+    for aggregator in ("aggregator0", "aggregator1"):
+        assert results[aggregator]["logs"]["bytes_sent"] == [(m + 7) // 8 + 8 * (m + length)] * ROUNDS
+        assert results[aggregator]["logs"]["bytes_sent"] == alone["logs"]["bytes_per_party"]
+    for client in ("alice", "bob"):
+        assert results[client]["logs"]["bytes_sent"] == [2 * 8 * length] * ROUNDS
+    assert sum(results[c]["logs"]["bytes_sent"][0] for c in ("alice", "bob")) == alone["logs"]["upload_bytes"][0]
+    assert owner["logs"]["bytes_sent"] == [2 * 8 * (2 + PARAMETERS) + 2 * 8 * 2] * ROUNDS
+
+
+@pytest.mark.parametrize("backend", SECURE_BACKENDS)
+def test_a_client_killed_mid_share_is_dropped_and_the_others_finish(tmp_path, backend):
+    results, report, log = _launched(tmp_path, backend, 3, ["kill", "carol"])
+    assert report.returncodes["carol"] == -9, log[-3000:]
+    assert report.killed == [], f"the launcher had to kill {report.killed}: they hung\n{log[-3000:]}"
+    assert all(report.returncodes[p] == 0 for p in results), log[-3000:]
+    assert sorted(results) == ["aggregator0", "aggregator1", "alice", "bob", "model_owner"]
+    rounds = results["model_owner"]["rounds"]
+    assert [r["included"] for r in rounds] == [["alice", "bob"]] * ROUNDS
+    # round 1: its share reached aggregator 0 only and was discarded; round 2: its process is gone
+    assert "did not reach both aggregators" in rounds[0]["dropped"]["carol"]
+    assert "its process is gone" in rounds[1]["dropped"]["carol"] and "'carol'" in rounds[1]["dropped"]["carol"]
+    # the survivors' model is the average of alice's and bob's updates alone: the 2-client run's
+    two = _results(run_embedded(SCRIPT, ["2", str(ROUNDS)], backend, tmp_path))["embedded"]
+    for got, want in zip(results["model_owner"]["weights"], two["weights"], strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+# -- the protocol in threads, over in-memory transports -------------------------------------------
+
+def _parties(clients: tuple[str, ...]) -> tuple[FederatedCluster, dict[str, DistributedParty]]:
+    from bridge.cluster import ClusterConfig, PartyEntry
+
+    roles = _roles(clients)
+    config = ClusterConfig(parties=tuple(PartyEntry(name=n, roles=r, address=f"127.0.0.1:{7000 + i}")
+                                         for i, (n, r) in enumerate(roles.items())))
+    cluster = FederatedCluster.from_cluster(config)
+    network = InMemoryNetwork(list(roles), timeout_s=2.0)
+    kernels = NumpyKernels()
+    runners = {n: DistributedParty(network.transport(n), kernels, Numerics(), cluster.aggregators, "(no dealer)")
+               for n in roles}
+    return cluster, runners
+
+
+def test_the_cluster_roles_give_the_federated_parts_and_refuse_a_party_with_two():
+    cluster, _ = _parties(("alice", "bob"))
+    assert cluster.owner == "model_owner"
+    assert cluster.aggregators == ("aggregator0", "aggregator1")
+    assert cluster.clients == ("alice", "bob")
+    config = loopback_cluster({"model_owner": frozenset({Role.MODEL_OWNER}),
+                               "a0": frozenset({Role.COMPUTE, Role.DATA_OWNER}), "a1": frozenset({Role.COMPUTE})})
+    with pytest.raises(ClusterError, match=r"parties \['a0'\] have two federated parts"):
+        FederatedCluster.from_cluster(config)
+    config = loopback_cluster({"a0": frozenset({Role.COMPUTE}), "c": frozenset({Role.DATA_OWNER})})
+    with pytest.raises(ClusterError, match="exactly one model_owner.*exactly two compute parties"):
+        FederatedCluster.from_cluster(config)
+
+
+def test_a_round_header_out_of_step_is_rejected_naming_the_owner():
+    cluster, runners = _parties(("alice", "bob"))
+
+    class Trainer:
+        def __call__(self, client, weights, round_index):
+            raise AssertionError("an aggregator never trains")
+
+    weights = [np.zeros((2, 2), np.float32)]
+    fedavg = FedAvg(cluster.clients, Trainer(), None, FedAvgConfig(rounds=1))
+    follower = DistributedFedAvg(fedavg, runners["aggregator0"], cluster, ("loss",))
+    owner = runners["model_owner"].contexts["model_owner"]
+    with owner.messenger.label(BROADCAST_LABEL):
+        owner.messenger.send("aggregator0", np.array([GO, 5], np.int64))  # round 5, while it expects round 0
+    with pytest.raises(PeerError, match="'model_owner' sent a round header.*out of step"):
+        follower.follow_round(0, weights)
+
+
+def test_keras_metric_names_are_the_keys_of_fit_history():
+    import keras
+
+    from frontends.keras.federated import keras_metric_names
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy", "mae"])
+    names = keras_metric_names(model)
+    history = model.fit(np.zeros((4, 4)), np.eye(3)[[0, 1, 2, 0]], verbose=0)
+    assert names == tuple(sorted(history.history)) == ("accuracy", "loss", "mae")
+
+
+def test_a_trusted_aggregator_is_refused_across_processes():
+    import keras
+
+    from bridge.backend import BackendError
+    from frontends.keras.federated import fit_federated
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    config = loopback_cluster(_roles(("alice", "bob")))
+    data = {"alice": (np.zeros((4, 4)), np.zeros(4))}
+    with pytest.raises(BackendError, match="always aggregates securely"):
+        fit_federated(model, "torch-spdz", data, rounds=1, secure_aggregation=False, cluster=(config, "alice"))
+    with pytest.raises(ValueError, match=r"names \['zed'\], which are not data_owner parties"):
+        fit_federated(model, "torch-spdz", {"zed": data["alice"]}, rounds=1, cluster=(config, "alice"))
+    with pytest.raises(ValueError, match="this process is client 'bob', but data_by_client has no entry"):
+        fit_federated(model, "torch-spdz", data, rounds=1, cluster=(config, "bob"))
