@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,106 @@ def test_a_trusted_aggregator_is_refused_across_processes():
         fit_federated(model, "torch-spdz", {"zed": data["alice"]}, rounds=1, cluster=(config, "alice"))
     with pytest.raises(ValueError, match="this process is client 'bob', but data_by_client has no entry"):
         fit_federated(model, "torch-spdz", data, rounds=1, cluster=(config, "bob"))
+
+
+class _StepTrainer:
+    """Moves every weight by a client-specific step; reports its sample count and a loss."""
+
+    steps = {"alice": 0.01, "bob": -0.03}
+    samples = {"alice": 30, "bob": 20}
+
+    def __call__(self, client, weights, round_index):
+        from bridge.federated import LocalResult
+
+        return LocalResult([w + self.steps[client] for w in weights], self.samples[client], {"loss": 1.0 + round_index})
+
+    @classmethod
+    def mean_step(cls) -> float:
+        return sum(cls.steps[c] * cls.samples[c] for c in cls.steps) / sum(cls.samples.values())
+
+
+def _play(config: FedAvgConfig, weights: list[np.ndarray], trainer: object = None) -> dict[str, object]:
+    """Every party of a FedAvg run in its own thread, each over its own in-memory transport."""
+    cluster, runners = _parties(("alice", "bob"))
+    results: dict[str, object] = {}
+
+    def party(name: str) -> None:
+        fedavg = FedAvg(cluster.clients, trainer or _StepTrainer(), None, config)
+        federated = DistributedFedAvg(fedavg, runners[name], cluster, ("loss",))
+        try:
+            if federated.is_owner:
+                w, rounds = weights, []
+                for r in range(config.rounds):
+                    rounds.append(federated.run_round(r, w))
+                    w = rounds[-1].weights
+                federated.finish(config.rounds, w)
+                results[name] = rounds
+            else:
+                followed, r = [], 0
+                while not (f := federated.follow_round(r, weights)).stopped:
+                    followed.append(f)
+                    r += 1
+                results[name] = (followed, f.final)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            results[name] = exc
+
+    threads = [threading.Thread(target=party, args=(n,)) for n in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def test_distributed_rounds_average_exactly_and_every_client_ends_with_the_global_model():
+    weights = [np.zeros((2, 2), np.float32), np.zeros(3, np.float32)]
+    results = _play(FedAvgConfig(rounds=2), weights)
+    rounds = results["model_owner"]
+    assert not isinstance(rounds, BaseException), rounds
+    step = _StepTrainer.mean_step()  # (30 * 0.01 - 20 * 0.03) / 50 = -0.006
+    for r, result in enumerate(rounds):
+        assert result.included == ("alice", "bob") and result.dropped == {}
+        assert result.metrics == {"loss": pytest.approx(1.0 + r, abs=1e-4)}
+        np.testing.assert_allclose(result.weights[0], np.full((2, 2), step * (r + 1)), atol=1e-4)
+    for client in ("alice", "bob"):
+        followed, final = results[client]
+        assert len(followed) == 2 and all(f.withdrew == "" for f in followed)
+        for got, want in zip(final, rounds[-1].weights, strict=True):
+            np.testing.assert_array_equal(got, want)
+    for aggregator in ("aggregator0", "aggregator1"):
+        followed, final = results[aggregator]
+        assert final is None and len(followed) == 2
+        length = 7 + 1 + 1  # the update, the loss, the sample weight
+        assert [f.stats.total_bytes(aggregator) for f in followed] == [1 + 8 * (2 + length)] * 2
+
+
+def test_distributed_rounds_with_dp_noise_release_a_noised_mean_only():
+    weights = [np.zeros((40, 50), np.float32)]
+    results = _play(FedAvgConfig(rounds=1, clip_norm=1.0, noise_multiplier=1.0, min_clients=2), weights)
+    (result,) = results["model_owner"]
+    assert result.metrics == {} and result.epsilon is not None and result.epsilon > 0
+    # alice's update (0.01 on 2000 weights) has norm 0.45 and stays; bob's (-0.03) has norm 1.34 and
+    # is clipped to 1; with DP every client weighs 1, and the sum carries N(0, (z C)^2) noise per
+    # entry: the released mean is theirs plus noise of standard deviation z C / m = 0.5
+    clean = (0.01 - 1.0 / np.sqrt(2000)) / 2
+    noise = result.weights[0].ravel() - clean
+    assert abs(float(np.mean(noise))) < 0.05 and 0.45 < float(np.std(noise)) < 0.55
+
+
+class _BobFails(_StepTrainer):
+    def __call__(self, client, weights, round_index):
+        if client == "bob":
+            raise RuntimeError("bob's disk is full")
+        return super().__call__(client, weights, round_index)
+
+
+def test_a_client_whose_training_fails_withdraws_and_nobody_waits_for_it():
+    weights = [np.zeros(3, np.float32)]
+    results = _play(FedAvgConfig(rounds=1, min_clients=1), weights, _BobFails())
+    (result,) = results["model_owner"]
+    assert result.included == ("alice",) and "withdrew" in result.dropped["bob"]
+    np.testing.assert_allclose(result.weights[0], np.full(3, 0.01), atol=1e-4)  # alice's step alone
+    (followed,), _ = results["bob"]
+    assert followed.withdrew == "RuntimeError: bob's disk is full"
+    # it withdrew at once with an empty share to each aggregator: no timeout was waited out
+    assert followed.stats.total_bytes("bob") == 0 and followed.stats.total_rounds("bob") == 1
