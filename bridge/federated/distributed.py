@@ -243,9 +243,7 @@ class DistributedFedAvg:
             if kind == STOP:
                 return True, received, ""
             if self.party in self.cluster.aggregators:
-                noise_std = noise.std / np.sqrt(2.0) if noise is not None and noise.std > 0 else 0.0
-                aggregator_part(ctx, sampled, length, cfg.min_clients, noise_std, noise.length if noise else 0,
-                                self.cluster.parties)
+                aggregator_part(ctx, sampled, length, cfg.min_clients, noise, self.cluster.parties)
                 return False, None, ""
             if self.party not in sampled:
                 return False, None, ""

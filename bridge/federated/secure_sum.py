@@ -12,6 +12,8 @@ Protocol, per round, for clients i = 1..m with fixed-point vectors x_i of length
 1. Client i encodes x_i (refusing NaN/inf, and any |v| >= 2^(63-f) / m so that the
    sum of m vectors cannot wrap), draws r_i from a fresh CSPRNG and sends
    x_i^0 = r_i to A0, then x_i^1 = x_i - r_i to A1.  Each share alone is uniform.
+   A client without an update withdraws with an empty share to each; a share of
+   any length but L is discarded like a missing one.
 2. Each aggregator waits (at most ``share_timeout_s`` per client) for every
    client's share and notes whom it heard from.  Its peer and the owner wait for
    it patiently (up to m + 2 timeouts), since it may be waiting out absent clients.
@@ -156,14 +158,12 @@ class SecureAggregator:
         if len(roster) < min_clients:
             raise TooFewClientsError(_too_few(round_index, len(roster), min_clients, dropped))
         length = len(next(iter(encoded.values())))
-        noise_std = noise.std / np.sqrt(2.0) if noise is not None and noise.std > 0 else 0.0
-        noise_len = noise.length if noise is not None else 0
 
         def body(ctx: PartyContext) -> Any:
             if ctx.name == MODEL_OWNER:
                 return owner_part(ctx, len(roster), min_clients, IN_PROCESS)
             if ctx.is_compute:
-                return aggregator_part(ctx, roster, length, min_clients, noise_std, noise_len, IN_PROCESS)
+                return aggregator_part(ctx, roster, length, min_clients, noise, IN_PROCESS)
             client = IN_PROCESS.client_name(ctx.name)
             return client_part(ctx, round_index, client, encoded[client], failure_injector, IN_PROCESS)
 
@@ -238,11 +238,12 @@ def aggregator_part(
     roster: tuple[str, ...],
     length: int,
     min_clients: int,
-    noise_std: float,
-    noise_len: int,
+    noise: NoiseSpec | None,
     parties: AggregationParties,
 ) -> dict[str, None]:
     """Steps 2-5 at aggregator A_j; returns the clients it heard from.
+
+    ``noise`` is the noise the revealed sum must carry; each aggregator adds half its variance.
 
     A share that is not a vector of ``length`` ring elements (a withdrawal, or a
     malformed message) counts as not heard: it is discarded, never summed.
@@ -270,10 +271,10 @@ def aggregator_part(
             return dict.fromkeys(received)
         parts = [received[c] for c, keep in zip(roster, both, strict=True) if keep]
         total = reduce(lambda a, b: P.add(ctx, a, b), parts)
-        if noise_std > 0 and noise_len > 0:
-            noise = np.zeros(length)
-            noise[:noise_len] = csprng_gaussian((noise_len,), noise_std)
-            total = P.add(ctx, total, P.Shared(k.from_numpy(encode(noise, ctx.numerics, "aggregation noise"))))
+        if noise is not None and noise.std > 0 and noise.length > 0:
+            mine = np.zeros(length)
+            mine[: noise.length] = csprng_gaussian((noise.length,), noise.std / np.sqrt(2.0))
+            total = P.add(ctx, total, P.Shared(k.from_numpy(encode(mine, ctx.numerics, "aggregation noise"))))
         ctx.messenger.send_many([parties.owner, parties.owner], [both, k.to_numpy(total.share)])
     return dict.fromkeys(received)
 
