@@ -69,11 +69,6 @@ AGREE_LABEL = "agree"
 REVEAL_LABEL = "reveal:aggregate"
 
 
-def client_party(client: str) -> str:
-    """The network name of a client, kept apart from the aggregators' and the owner's names."""
-    return f"client:{client}"
-
-
 @dataclass(frozen=True)
 class AggregationParties:
     """Who plays which part: the two aggregators, the model owner, and each client's network name.
@@ -89,11 +84,13 @@ class AggregationParties:
     def client(self, name: str) -> str:
         return f"{self.client_prefix}{name}"
 
-    def client_name(self, party: str) -> str:
-        return party.removeprefix(self.client_prefix)
-
 
 IN_PROCESS = AggregationParties()
+
+
+def client_party(client: str) -> str:
+    """The in-process network name of a client, kept apart from the aggregators' and the owner's names."""
+    return IN_PROCESS.client(client)
 
 
 def encode_update(client: str, vector: np.ndarray, participants: int, numerics: Numerics) -> np.ndarray:
@@ -131,10 +128,6 @@ class SecureAggregator:
         names = (*(client_party(c) for c in self.clients), *AGGREGATORS, MODEL_OWNER)
         self.parties = ThreadedParties(names, kernels, self.numerics, AGGREGATORS, NO_DEALER, self.share_timeout_s)
 
-    def encode_update(self, client: str, vector: np.ndarray, participants: int) -> np.ndarray:
-        """Client-side: the fixed-point encoding of ``vector``, refused if a sum of ``participants`` could wrap."""
-        return encode_update(client, vector, participants, self.numerics)
-
     def aggregate(
         self,
         round_index: int,
@@ -151,7 +144,7 @@ class SecureAggregator:
         encoded: dict[str, np.ndarray] = {}
         for client, vector in vectors.items():
             try:
-                encoded[client] = self.encode_update(client, vector, len(vectors))
+                encoded[client] = encode_update(client, vector, len(vectors), self.numerics)
             except FixedPointError as exc:
                 dropped[client] = f"update not representable in fixed point: {exc}"
         roster = tuple(encoded)
@@ -164,7 +157,7 @@ class SecureAggregator:
                 return owner_part(ctx, len(roster), min_clients, IN_PROCESS)
             if ctx.is_compute:
                 return aggregator_part(ctx, roster, length, min_clients, noise, IN_PROCESS)
-            client = IN_PROCESS.client_name(ctx.name)
+            client = ctx.name.removeprefix(IN_PROCESS.client_prefix)
             return client_part(ctx, round_index, client, encoded[client], failure_injector, IN_PROCESS)
 
         before = self.parties.stats.snapshot()
