@@ -15,6 +15,8 @@ from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 
 from bridge.backend import Backend, BackendError
+from bridge.config import Resolved, default_backend, resolve_backend
+from bridge.ir import PrivacyMode
 
 ENTRY_POINT_GROUP = "privacy_bridge.backends"
 
@@ -52,3 +54,38 @@ def get_backend(name: str) -> Backend:
     if not isinstance(backend, Backend):
         raise BackendError(f"entry point {name!r} gave {backend_class!r}, which is not a bridge Backend")
     return backend
+
+
+def configured_backend(explicit: str | None, privacy: PrivacyMode | str) -> tuple[Backend, Resolved]:
+    """The backend that runs ``privacy``, chosen by argument, configuration or default
+    (``bridge.config``), with where its name came from.
+
+    A configured backend (variable or file) picks the engine of the *private* modes: when
+    it cannot run ``privacy="none"``, the plaintext reference runs that mode, so that
+    configuring tf-pond for a project never stops the plaintext mode from working.
+    An explicit ``backend=`` argument is always taken at its word.  Errors about the
+    backend say which argument, variable or file named it.
+    """
+    mode = PrivacyMode(privacy)
+    resolved = resolve_backend(explicit, mode)
+    engine = _load(resolved)
+    modes = engine.capabilities().privacy_modes
+    if mode == PrivacyMode.NONE and mode not in modes and resolved.configured:
+        fallback = Resolved(default_backend(mode), "default")
+        return _load(fallback), fallback
+    if mode not in modes:
+        supported = sorted(m.value for m in modes)
+        raise BackendError(
+            f"privacy={mode.value!r} is not available on backend {engine.name!r} yet "
+            f"(named by {resolved.source}); it supports {supported}. "
+            "Pick another backend with backend=..., the PRIVACY_BRIDGE_BACKEND variable or "
+            "[tool.privacy-bridge] backend in pyproject.toml."
+        )
+    return engine, resolved
+
+
+def _load(resolved: Resolved) -> Backend:
+    try:
+        return get_backend(resolved.backend)
+    except (BackendError, ImportError) as exc:
+        raise BackendError(f"{exc} (the name {resolved.backend!r} came from {resolved.source})") from exc

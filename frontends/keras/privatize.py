@@ -2,7 +2,7 @@
 
 The returned object has Keras' ``predict`` / ``evaluate`` / ``fit``; what runs
 underneath is the model's IR on the backend that configuration picks
-(``bridge.config.resolve_backend``).
+(``bridge.registry.configured_backend``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 
 from bridge.backend import Backend, BackendError, Executable
-from bridge.config import resolve_backend
 from bridge.ir import Numerics, Placement, PrivacyMode, Program
-from bridge.registry import get_backend
+from bridge.registry import configured_backend
 
 #: privacy mode -> keyword arguments of ``privatize`` that only that mode takes
 MODE_OPTIONS: dict[PrivacyMode, frozenset[str]] = {
@@ -52,7 +51,10 @@ def privatize(
 
     privacy: "none", "encrypted_serving", "encrypted_training" or "federated".
     backend: a registered backend name; None means configuration decides
-      (``PRIVACY_BRIDGE_BACKEND``, then ``[tool.privacy-bridge]`` in pyproject.toml).
+      (``PRIVACY_BRIDGE_BACKEND``, then ``[tool.privacy-bridge]`` in the nearest
+      pyproject.toml up to the repository root).  Configuration picks the engine of the
+      private modes; ``privacy="none"`` falls back to the plaintext reference when the
+      configured backend cannot run it.
     parties: a ``Placement``, or keyword arguments for ``Placement.default``
       (e.g. ``{"data_owner": "alice", "compute": ("s0", "s1")}``).
     options: mode-specific settings (``rounds=``, ``local_epochs=``, ``timeout_s=``...).
@@ -68,15 +70,7 @@ def privatize(
             f"privatize(privacy={mode.value!r}) got unexpected options {unknown}; "
             f"this mode takes {sorted(MODE_OPTIONS[mode])}"
         )
-    resolved = resolve_backend(backend, mode)
-    engine = get_backend(resolved.backend)
-    if mode not in engine.capabilities().privacy_modes:
-        supported = sorted(m.value for m in engine.capabilities().privacy_modes)
-        raise BackendError(
-            f"privacy={mode.value!r} is not available on backend {engine.name!r} yet "
-            f"(chosen by {resolved.source}); it supports {supported}. "
-            "Pick another backend with backend=... or PRIVACY_BRIDGE_BACKEND."
-        )
+    engine, _ = configured_backend(backend, mode)
     return PrivateModel(model, mode, engine, parties, numerics, options)
 
 
