@@ -259,6 +259,7 @@ class DistributedParty:
         )
 
     def run(self, fn: Callable[[PartyContext], R], parties: tuple[str, ...] | None = None) -> dict[str, R]:
+        self.contexts[self.party].begin_run()
         if parties is not None and self.party not in parties:
             return {}
         try:

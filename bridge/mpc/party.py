@@ -7,7 +7,10 @@ needs correlated randomness, produces it.  Input owners and output receivers
 only take part in sharing and revealing.
 
 Correlated randomness (the seeded dealer): at setup the dealer sends a fresh
-32-byte seed to each compute party.  A *random* correlated value r = r0 + r1
+32-byte seed to each compute party.  Every protocol run (``PartyRunner.run``) draws
+from its own stream of each seed, numbered by the run (``begin_run``): a run that
+fails part-way (a refused input, a dead peer) leaves the parties at different points
+of that run's streams, and the next run starts every party at the same place.  A *random* correlated value r = r0 + r1
 costs nothing: each compute party expands r_i from its seed and the dealer
 expands both.  A *derived* value v = f(r, ...) costs one tensor, dealer -> party 1:
 party 0 expands v0 from its seed and the dealer sends v1 = v - v0.
@@ -41,6 +44,9 @@ class PartyContext:
     #: per-party long-lived protocol state (cached weight masks, ...), keyed by the caller
     store: dict[str, Any] = field(default_factory=dict)
     _prgs: dict[str, Prg] = field(default_factory=dict)
+    _seeds: dict[str, bytes] = field(default_factory=dict)
+    #: how many protocol runs this party has begun; every party counts every run
+    run_index: int = 0
 
     # -- identity ---------------------------------------------------------------------
     @property
@@ -66,6 +72,15 @@ class PartyContext:
         return self.compute[1 - self.index]
 
     # -- setup ---------------------------------------------------------------------------
+    def begin_run(self) -> None:
+        """Start the next protocol run: every seed's stream for this run, from its start.
+
+        The runners call it on every context they host before every run, also for the
+        parties a run leaves out, so that all parties agree on the run index.
+        """
+        self.run_index += 1
+        self._prgs = {party: Prg(seed, self.run_index) for party, seed in self._seeds.items()}
+
     def setup_seeds(self) -> None:
         """Dealer sends each compute party a fresh seed; others do nothing."""
         with self.messenger.label("setup"):
@@ -73,9 +88,10 @@ class PartyContext:
                 for party in self.compute:
                     seed = fresh_seed()
                     self.messenger.send_bytes(party, seed)
-                    self._prgs[party] = Prg(seed)
+                    self._seeds[party] = seed
             elif self.is_compute:
-                self._prgs[self.dealer] = Prg(self.messenger.recv_bytes(self.dealer))
+                self._seeds[self.dealer] = self.messenger.recv_bytes(self.dealer)
+        self._prgs = {party: Prg(seed, self.run_index) for party, seed in self._seeds.items()}
 
     # -- correlated randomness ---------------------------------------------------------------
     def _stream(self, party: str) -> Prg:

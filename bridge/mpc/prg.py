@@ -4,6 +4,11 @@ AES-256 in counter mode (the ``cryptography`` package) keyed from ``os.urandom``
 Two parties holding the same seed draw identical streams, which is how the dealer
 hands out correlated randomness without sending it (the "seeded dealer" of
 CrypTen's TTP provider): only derived values such as c = f(a, b) travel.
+
+One seed gives many independent streams: ``stream`` fills the high 64 bits of the
+counter block (the low 64 count blocks), so stream n never overlaps stream m.  The
+protocol runs draw from stream = run index, so that parties that stopped at different
+points of a failed run start the next one in step (``PartyContext.begin_run``).
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ def fresh_seed() -> bytes:
 class Prg:
     """A deterministic stream of cryptographically strong bytes from one seed."""
 
-    def __init__(self, seed: bytes) -> None:
+    def __init__(self, seed: bytes, stream: int = 0) -> None:
         if len(seed) != SEED_BYTES:
             raise ValueError(f"a PRG seed has {SEED_BYTES} bytes, received {len(seed)}")
-        cipher = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16))
+        if not 0 <= stream < 1 << 64:
+            raise ValueError(f"a PRG stream index is in [0, 2^64), received {stream}")
+        cipher = Cipher(algorithms.AES(seed), modes.CTR(stream.to_bytes(8, "big") + b"\x00" * 8))
         self._encryptor = cipher.encryptor()
 
     def _stream(self, n: int) -> bytearray:

@@ -80,6 +80,8 @@ class ThreadedParties:
         results: dict[str, R] = {}
         errors: dict[str, BaseException] = {}
         self.network.reset()
+        for ctx in self.contexts.values():
+            ctx.begin_run()
 
         def body(name: str) -> None:
             try:

@@ -53,6 +53,7 @@ from bridge.mpc.compare import Bits, ge_zero, mul_bit
 from bridge.mpc.kernels import RingKernels
 from bridge.mpc.layers import masked_parameter_names, secure_forward, secure_parameters
 from bridge.mpc.party import PartyContext
+from bridge.mpc.range_check import bits_to_arith, overflow_flags
 from bridge.mpc.protocol import (
     Masked,
     Shared,
@@ -82,22 +83,6 @@ class TrainingOverflowError(ArithmeticError):
 
 
 # -- small protocols ------------------------------------------------------------------------------
-
-def bits_to_arith(ctx: PartyContext, b: Bits) -> Shared:
-    """[b] in Z_2^64 (integer 0/1) from XOR-shared bits, in one round (the second half of
-    ``mul_bit``): the dealer gives a random bit s as XOR and arithmetic shares; open
-    d = b xor s (1 bit per element); [b] = d + (1 - 2d) [s].  Dealer -> P1: 8 bytes per element."""
-    k = ctx.kernels
-    shape = k.shape(b.share)
-    with ctx.messenger.label("b2a"):
-        s_bits = ctx.corr_random_bits(shape)
-        s_arith = ctx.corr_derived(lambda: s_bits, shape)
-        if ctx.is_dealer:
-            return Shared(k.zeros(shape))
-        (d,) = ctx.open([k.bit_xor(b.share, s_bits)], bits=[1])
-        out = k.mul(k.sub(k.constant(1), k.mul(d, k.constant(2))), s_arith)
-        return Shared(k.add(out, d) if ctx.index == 0 else out)
-
 
 #: ln(m) on [1/2, 1] as a polynomial in m - 3/4 (least squares on Chebyshev nodes, max error 1.5e-6)
 _NODES = 0.75 + 0.25 * np.cos(np.pi * (np.arange(400) + 0.5) / 400)
@@ -197,40 +182,6 @@ def batch_metrics(
         hits = truncate(ctx, mul_public_int(ctx, Shared(k.sum(agree.share, axis=(0, 1))),
                                             ctx.public(np.array(round(scale / width)))))
         return Shared(k.stack([loss.share, hits.share], axis=0))
-
-
-def overflow_flags(
-    ctx: PartyContext, checked: list[Shared], bound: float, rectified: list[Shared | None] | None = None
-) -> Shared:
-    """[v_l >= 1] per checked tensor x_l (integer 0/1): does any |x| exceed ``bound``?
-
-    Where ``rectified[l]`` holds ReLU(x_l) (the layer feeds a ReLU), |x| = 2 ReLU(x) - x
-    exactly and one comparison [B - |x| >= 0] per element suffices; elsewhere two,
-    [x + B >= 0] and [B - x >= 0].  All comparisons of all tensors run in one call.
-    """
-    k = ctx.kernels
-    rectified = rectified or [None] * len(checked)
-    limit = ctx.public(np.array(int(round(bound * ctx.numerics.scale))))
-    parts, sizes = [], []
-    for x, y in zip(checked, rectified, strict=True):
-        flat = k.reshape(x.share, (-1,))
-        if y is not None:
-            magnitude = k.sub(k.add(k.reshape(y.share, (-1,)), k.reshape(y.share, (-1,))), flat)
-            parts.append(add_public(ctx, Shared(k.neg(magnitude)), limit).share)
-        else:
-            parts.append(add_public(ctx, Shared(flat), limit).share)
-            parts.append(add_public(ctx, Shared(k.neg(flat)), limit).share)
-        sizes.append(sum(int(np.prod(k.shape(t))) for t in parts[-(1 if y is not None else 2):]))
-    with ctx.messenger.label("overflow_check"):
-        inside = bits_to_arith(ctx, ge_zero(ctx, Shared(k.concat(parts, axis=0))))
-        counts, start = [], 0
-        for size in sizes:
-            counts.append(k.sum(k.gather(inside.share, np.arange(start, start + size), axis=0), axis=0))
-            start += size
-        # violations v_l = comparisons_l - sum(inside); flag = [v_l - 1 >= 0]
-        totals = ctx.public(np.array([size - 1 for size in sizes], dtype=np.int64))
-        violations = add_public(ctx, Shared(k.neg(k.stack(counts, axis=0))), totals)
-        return bits_to_arith(ctx, ge_zero(ctx, violations))
 
 
 def sgd_step(

@@ -1,0 +1,142 @@
+"""Secure range checks: no fixed-point overflow or truncation failure goes unnoticed.
+
+Fixed point in Z_2^64 fails silently in two ways.  A product whose magnitude passes
+2^(63 - 2f) wraps the ring (a large input, or a diverging model), and SecureML's local
+truncation is wrong by about 2^(64 - 2f) = 2^32 (real units, f = 16) with probability
+about |v| / 2^63 per truncated value v (ring units).  Both leave values far outside any
+sensible range, so a comparison against a bound B well below 2^31 sees them:
+
+  1. [B - |x| >= 0] per element where x feeds a ReLU (|x| = 2 ReLU(x) - x, exact and
+     local), [x + B >= 0] and [B - x >= 0] elsewhere: all in one comparison call, always
+     on the full 64 bits (a wrapped value can lie anywhere in the ring, so a comparison
+     modulo 2^k with k < 64 would miss it);
+  2. the bits become arithmetic (one round, 1 bit per element) and are summed per
+     checked tensor into its count of violations v_l, locally;
+  3. [v_l >= 1] is compared (4 rounds) and revealed: one bit per checked tensor.
+A value below B is never flagged; a truncation failure always is (2^32 - B > B); a
+wrapped value escapes with probability 2 B 2^f / 2^64 per element.  Who learns the
+bits learns that an overflow happened, in which layer, and nothing else.
+
+Training (``bridge.mpc.training``) runs the check after every forward pass and stops;
+serving (``bridge.mpc.session``) runs it on every query, reruns a flagged query once
+with fresh randomness (a truncation failure does not repeat) and refuses the input
+when the flag comes back (an overflow does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from bridge.ir import Program
+from bridge.mpc.compare import Bits, ge_zero
+from bridge.mpc.party import PartyContext
+from bridge.mpc.protocol import Shared, add_public
+
+#: op kinds whose output never leaves the range of their input and needs no truncation:
+#: re-arrangements, selections and ReLU.  Every other op's output is checked in serving.
+RANGE_PRESERVING_KINDS = frozenset({"flatten", "reshape", "identity", "relu", "max_pool2d"})
+#: serving's default bound on |activation|: far above what trained networks produce, far
+#: below the 2^32 of a truncation failure
+DEFAULT_SERVING_BOUND = float(2**20)
+
+
+class FixedPointOverflowError(ArithmeticError):
+    """A value left the fixed-point range: the answer would have been wrong."""
+
+
+def max_bound(frac_bits: int) -> float:
+    """The largest bound for which a flagged value cannot have wrapped the ring already."""
+    return 2.0 ** (62 - 2 * frac_bits)
+
+
+def check_bound(bound: float, frac_bits: int) -> float:
+    limit = max_bound(frac_bits)
+    if not 0 < bound < limit:
+        raise ValueError(
+            f"overflow_bound must be in (0, 2^{62 - 2 * frac_bits}) so that a flagged value cannot have "
+            f"wrapped the ring; received {bound}"
+        )
+    return float(bound)
+
+
+def bits_to_arith(ctx: PartyContext, b: Bits) -> Shared:
+    """[b] in Z_2^64 (integer 0/1) from XOR-shared bits, in one round (the second half of
+    ``mul_bit``): the dealer gives a random bit s as XOR and arithmetic shares; open
+    d = b xor s (1 bit per element); [b] = d + (1 - 2d) [s].  Dealer -> P1: 8 bytes per element."""
+    k = ctx.kernels
+    shape = k.shape(b.share)
+    with ctx.messenger.label("b2a"):
+        s_bits = ctx.corr_random_bits(shape)
+        s_arith = ctx.corr_derived(lambda: s_bits, shape)
+        if ctx.is_dealer:
+            return Shared(k.zeros(shape))
+        (d,) = ctx.open([k.bit_xor(b.share, s_bits)], bits=[1])
+        out = k.mul(k.sub(k.constant(1), k.mul(d, k.constant(2))), s_arith)
+        return Shared(k.add(out, d) if ctx.index == 0 else out)
+
+
+def _full_width(ctx: PartyContext) -> PartyContext:
+    """The same party (same streams, messenger and store) comparing on all 64 bits."""
+    if ctx.numerics.compare_bits == 64:
+        return ctx
+    return dataclasses.replace(ctx, numerics=ctx.numerics.model_copy(update={"compare_bits": 64}))
+
+
+def overflow_flags(
+    ctx: PartyContext, checked: list[Shared], bound: float, rectified: list[Shared | None] | None = None
+) -> Shared:
+    """[v_l >= 1] per checked tensor x_l (integer 0/1): does any |x| exceed ``bound``?
+
+    Where ``rectified[l]`` holds ReLU(x_l) (the layer feeds a ReLU), |x| = 2 ReLU(x) - x
+    exactly and one comparison [B - |x| >= 0] per element suffices; elsewhere two,
+    [x + B >= 0] and [B - x >= 0].  All comparisons of all tensors run in one call.
+    """
+    k = ctx.kernels
+    rectified = rectified or [None] * len(checked)
+    limit = ctx.public(np.array(int(round(bound * ctx.numerics.scale))))
+    parts, sizes = [], []
+    for x, y in zip(checked, rectified, strict=True):
+        flat = k.reshape(x.share, (-1,))
+        if y is not None:
+            magnitude = k.sub(k.add(k.reshape(y.share, (-1,)), k.reshape(y.share, (-1,))), flat)
+            parts.append(add_public(ctx, Shared(k.neg(magnitude)), limit).share)
+        else:
+            parts.append(add_public(ctx, Shared(flat), limit).share)
+            parts.append(add_public(ctx, Shared(k.neg(flat)), limit).share)
+        sizes.append(sum(int(np.prod(k.shape(t))) for t in parts[-(1 if y is not None else 2):]))
+    full = _full_width(ctx)
+    with ctx.messenger.label("overflow_check"):
+        inside = bits_to_arith(ctx, ge_zero(full, Shared(k.concat(parts, axis=0))))
+        counts, start = [], 0
+        for size in sizes:
+            counts.append(k.sum(k.gather(inside.share, np.arange(start, start + size), axis=0), axis=0))
+            start += size
+        # violations v_l = comparisons_l - sum(inside); flag = [v_l - 1 >= 0]
+        totals = ctx.public(np.array([size - 1 for size in sizes], dtype=np.int64))
+        violations = add_public(ctx, Shared(k.neg(k.stack(counts, axis=0))), totals)
+        return bits_to_arith(ctx, ge_zero(full, violations))
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckPlan:
+    """Which values a serving query checks, and where ReLU already gives |x| cheaply."""
+
+    #: (value checked, the ReLU output of that value or None, the layer named in errors)
+    entries: tuple[tuple[str, str | None, str], ...]
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(layer for _, _, layer in self.entries)
+
+
+def serving_check_plan(program: Program) -> CheckPlan:
+    """Every node output that may grow a value or went through a truncation, and every
+    graph output (a failure inside a nonlinearity shows there)."""
+    graph = program.graph
+    relu_of = {n.inputs[0]: n.output for n in graph.nodes if n.op.kind == "relu" and len(n.inputs) == 1}
+    producer = {n.output: n.name for n in graph.nodes}
+    values = [n.output for n in graph.nodes if n.op.kind not in RANGE_PRESERVING_KINDS]
+    values += [v for v in graph.outputs if v in producer and v not in values]
+    return CheckPlan(tuple((v, relu_of.get(v), producer[v]) for v in values))
