@@ -154,7 +154,8 @@ def fit_federated(
     backend_name: str,
     data_by_client: Mapping[str, tuple[Any, Any]],
     *,
-    rounds: int,
+    rounds: int | None = None,
+    epochs: int | None = None,
     local_epochs: int = 1,
     secure_aggregation: bool = True,
     client_fraction: float = 1.0,
@@ -172,6 +173,13 @@ def fit_federated(
     cluster: tuple[Any, str] | None = None,
 ) -> Any:
     """Train ``model`` by FedAvg over ``data_by_client`` = {client: (x, y)}; returns a ``keras.callbacks.History``.
+
+    rounds: FedAvg rounds.  ``epochs`` is Keras' name for the same loop: as in
+      ``model.fit(..., epochs=N)``, each History entry is one round, so ``epochs=N``
+      means ``rounds=N`` (giving both with different values is an error; each client's
+      own passes over its data per round are ``local_epochs``).  Neither: 1 round, as
+      Keras' ``epochs`` defaults to 1.  ``history.params`` records ``rounds``,
+      ``local_epochs`` and ``epochs_are: "rounds"``.
 
     secure_aggregation: True (default) secret-shares each client's update to the two
       compute parties of backend ``backend_name``, which add shares with its kernels;
@@ -209,6 +217,7 @@ def fit_federated(
             "fit_federated needs a compiled model: call model.compile(optimizer=..., loss=...) first, "
             "as for model.fit. Each client trains with that optimizer and loss."
         )
+    rounds = _rounds(rounds, epochs)
     config = FedAvgConfig(
         rounds=rounds,
         client_fraction=client_fraction,
@@ -222,7 +231,7 @@ def fit_federated(
     if int(local_epochs) < 1:
         raise ValueError(f"local_epochs must be at least 1, received {local_epochs}")
     settings = {"local_epochs": local_epochs, "batch_size": batch_size, "seed": seed}
-    driver = _Driver(model, config, validation_data, batch_size, callbacks, verbose)
+    driver = _Driver(model, config, validation_data, batch_size, callbacks, verbose, int(local_epochs))
     if cluster is not None:
         if not secure_aggregation:
             raise BackendError(
@@ -243,17 +252,20 @@ class _Driver:
     """The model owner's loop over rounds: Keras callbacks, progress, History."""
 
     def __init__(self, model: Any, config: FedAvgConfig, validation_data: Any, batch_size: int,
-                 callbacks: Sequence[Any] | None, verbose: str | int) -> None:
+                 callbacks: Sequence[Any] | None, verbose: str | int, local_epochs: int = 1) -> None:
         self.model, self.config = model, config
         self.validation_data, self.batch_size = validation_data, batch_size
         self.callbacks, self.verbose = callbacks, verbose
+        self.local_epochs = local_epochs
 
     def history(self) -> tuple[Any, Any]:
         import keras
 
         history = keras.callbacks.History()
+        # Keras' "epochs" here are FedAvg rounds; params (what every callback sees) says so.
         callback_list = keras.callbacks.CallbackList(
-            [*(self.callbacks or []), history], model=self.model, epochs=self.config.rounds, verbose=0, steps=None
+            [*(self.callbacks or []), history], model=self.model, epochs=self.config.rounds, verbose=0, steps=None,
+            rounds=self.config.rounds, local_epochs=self.local_epochs, epochs_are="rounds",
         )
         history.federated_rounds = []
         return history, callback_list
@@ -293,7 +305,11 @@ class _Driver:
                 logs.update({f"val_{k}": float(v) for k, v in scores.items()})
             history.federated_rounds.append(_round_report(result))
             if bar is not None:
-                bar.update(per_round, values=list(logs.items()), finalize=True)
+                shown = {k: v for k, v in logs.items() if k not in COUNTERS}
+                bar.update(per_round, values=list(shown.items()), finalize=True)
+                counters = counter_line(logs)
+                if counters:
+                    print(f"  {counters}")
                 for client, why in result.dropped.items():
                     print(f"  dropped {client}: {why}")
             callback_list.on_epoch_end(r, logs)
@@ -433,6 +449,29 @@ def _first_leaf(x: Any) -> Any:
 
 def _num_samples(y: Any) -> int:
     return int(np.shape(y)[0]) if np.ndim(y) else 0
+
+
+#: History keys that count things (clients, bytes): shown as integers, not as Progbar's averaged floats
+COUNTERS = ("clients_used", "clients_dropped", "bytes_per_party", "upload_bytes", "bytes_sent")
+
+
+def counter_line(logs: Mapping[str, float]) -> str:
+    """The round's integer counters, as Keras prints metrics ("clients_used: 3 - clients_dropped: 0")."""
+    return " - ".join(f"{k}: {int(logs[k]):d}" for k in COUNTERS if k in logs)
+
+
+def _rounds(rounds: int | None, epochs: int | None) -> int:
+    """FedAvg rounds from ``rounds=`` and Keras' ``epochs=`` (the same loop, see ``fit_federated``)."""
+    if rounds is not None and epochs is not None and int(rounds) != int(epochs):
+        raise ValueError(
+            f"fit(epochs={epochs}) asks for {epochs} federated rounds, but the model was privatized with "
+            f"rounds={rounds}. In federated mode each epoch of the History is one FedAvg round; pass one of "
+            "them (each client's passes over its own data per round are local_epochs=)."
+        )
+    chosen = rounds if rounds is not None else epochs if epochs is not None else 1
+    if isinstance(chosen, bool) or not isinstance(chosen, (int, np.integer)) or chosen < 1:
+        raise ValueError(f"rounds (epochs) must be a positive integer, received {chosen!r}")
+    return int(chosen)
 
 
 def _round_logs(result: RoundResult) -> dict[str, float]:

@@ -214,7 +214,9 @@ class PrivateModel:
         if self.privacy == PrivacyMode.FEDERATED:
             from frontends.keras.federated import fit_federated
 
-            return fit_federated(self.model, self.backend.name, data, cluster=self._cluster(), **self.options, **kwargs)
+            # fit() arguments win over privatize()'s (epochs= vs rounds= is settled in fit_federated)
+            settings = {**self.options, **kwargs}
+            return fit_federated(self.model, self.backend.name, data, cluster=self._cluster(), **settings)
         if self.privacy == PrivacyMode.NONE:
             if isinstance(data, tuple):
                 return self.model.fit(*data, **kwargs)

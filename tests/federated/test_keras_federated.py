@@ -170,7 +170,33 @@ def test_progress_bar_per_round(iid, capsys):
     clients, _ = iid
     small_run(build_model(), clients, verbose=1)
     out = capsys.readouterr().out
-    assert "Round 1/2" in out and "Round 2/2" in out and "clients_used" in out
+    assert "Round 1/2" in out and "Round 2/2" in out
+    # counters print as the integers they are, not as Progbar's averaged floats (0.0000e+00)
+    assert "clients_used: 3 - clients_dropped: 0 - bytes_per_party: " in out
+    assert "e+00" not in out and "clients_used: 3.0" not in out
+
+
+def few(clients, n=24):
+    return {name: (x[:n], y[:n]) for name, (x, y) in clients.items()}
+
+
+def test_fit_epochs_means_rounds(iid, backend_name):
+    from frontends.keras import privatize
+
+    clients, _ = iid
+    private = privatize(build_model(), privacy="federated", backend=backend_name, local_epochs=1)
+    history = private.fit(few(clients), epochs=2, batch_size=8, verbose=0)
+    assert len(history.history["loss"]) == 2 and history.epoch == [0, 1]
+    assert history.params["epochs"] == 2 and history.params["rounds"] == 2
+    assert history.params["epochs_are"] == "rounds" and history.params["local_epochs"] == 1
+    assert len(history.federated_rounds) == 2
+    # the same number twice is fine; two different numbers are refused before any training
+    private = privatize(build_model(), privacy="federated", backend=backend_name, rounds=1)
+    assert len(private.fit(few(clients), epochs=1, batch_size=8, verbose=0).history["loss"]) == 1
+    with pytest.raises(ValueError, match=r"fit\(epochs=3\).*rounds=1.*local_epochs="):
+        private.fit(few(clients), epochs=3, verbose=0)
+    with pytest.raises(ValueError, match="positive integer, received 0"):
+        private.fit(few(clients), rounds=None, epochs=0, verbose=0)
 
 
 def test_errors(iid):
