@@ -18,9 +18,11 @@ from bridge.ir import Numerics, Placement, PrivacyMode, Program
 from bridge.registry import configured_backend
 
 #: privacy mode -> keyword arguments of ``privatize`` that only that mode takes
+#: the serving range check's settings (``bridge.mpc.session.SecureExecutable``)
+SERVING_CHECKS = ("check_overflow", "overflow_bound", "max_reruns")
 MODE_OPTIONS: dict[PrivacyMode, frozenset[str]] = {
     PrivacyMode.NONE: frozenset(),
-    PrivacyMode.ENCRYPTED_SERVING: frozenset({"timeout_s", "device"}),
+    PrivacyMode.ENCRYPTED_SERVING: frozenset({"timeout_s", "device", *SERVING_CHECKS}),
     PrivacyMode.ENCRYPTED_TRAINING: frozenset({"timeout_s", "device", "keep_shared", "check_overflow"}),
     PrivacyMode.FEDERATED: frozenset(
         {
@@ -95,6 +97,8 @@ class PrivateModel:
         self._executable: Executable | None = None
         self._weights_version: list[np.ndarray] | None = None
         self.last_stats: Any = None
+        #: queries of the last predict rerun after the range check flagged them (truncation failures)
+        self.last_reruns = 0
 
     # -- the Program --------------------------------------------------------------------
     def to_program(self) -> tuple[Program, dict[str, np.ndarray]]:
@@ -144,7 +148,7 @@ class PrivateModel:
         return self._executable
 
     def _prepare_options(self) -> dict[str, Any]:
-        options = {k: v for k, v in self.options.items() if k in {"timeout_s", "device"}}
+        options = {k: v for k, v in self.options.items() if k in {"timeout_s", "device", *SERVING_CHECKS}}
         cluster = self._cluster()
         if cluster is not None:
             options["cluster"], options["party"] = cluster
@@ -156,29 +160,46 @@ class PrivateModel:
         if self.privacy == PrivacyMode.ENCRYPTED_TRAINING or self.privacy == PrivacyMode.FEDERATED:
             # Training modes serve with the trained Keras model in the clear (the owner has it).
             return self.model.predict(x, batch_size=batch_size, verbose=verbose, steps=steps)
+        size = check_batch_size(batch_size)
+        program = self._executable.program if self._executable is not None else self.to_program()[0]
+        inputs = _as_input_dict(program, x)
+        n = check_input_shapes(program, inputs)
+        if n == 0:  # nothing to share or run: the receivers get empty arrays of the output shape
+            self.last_stats = None
+            return self._empty_outputs(program)
         executable = self._prepared()
         program = executable.program
-        inputs = _as_input_dict(program, x)
-        n = len(next(iter(inputs.values())))
-        size = batch_size or 32
         starts = list(range(0, n, size))
         if steps is not None:
             starts = starts[:steps]
         bar = _progbar(len(starts), verbose)
         chunks: dict[str, list[np.ndarray]] = {name: [] for name in program.graph.outputs}
         stats = []
+        self.last_reruns = 0
         for i, start in enumerate(starts):
             batch = {k: v[start : start + size] for k, v in inputs.items()}
             result = executable.run(batch)
             for name, value in result.outputs.items():
                 chunks[name].append(value)
             stats.append(result.stats)
+            self.last_reruns += result.reruns
             if bar is not None:
                 bar.update(i + 1)
         self.last_stats = _merge_stats(stats)
         outputs = [np.concatenate(chunks[name]).astype(np.float32) for name in program.graph.outputs if chunks[name]]
         if not outputs:
             return None  # this process hosts no output receiver (distributed mode)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _empty_outputs(self, program: Program) -> Any:
+        """What ``predict`` returns for zero samples: (0, *feature shape) float32 arrays for the
+        outputs this process receives (every output, embedded), None where it receives none."""
+        cluster = self._cluster()
+        receivers = program.placement.output_receivers
+        names = [n for n in program.graph.outputs if cluster is None or cluster[1] in receivers[n]]
+        outputs = [np.zeros((0, *program.graph.outputs[n].feature_shape), np.float32) for n in names]
+        if not outputs:
+            return None
         return outputs[0] if len(outputs) == 1 else outputs
 
     def evaluate(
@@ -197,6 +218,9 @@ class PrivateModel:
         predictions = self.predict(x, batch_size=batch_size, verbose=verbose)
         if predictions is None:
             return None  # this process is not the client (distributed mode)
+        if len(np.asarray(y)) == 0:
+            raise ValueError("evaluate received 0 samples; the loss and metrics of an empty set are undefined. "
+                             "Pass at least one sample.")
         return compiled_scores(self.model, y, predictions, return_dict)
 
     def fit(self, x: Any = None, y: Any = None, **kwargs: Any) -> Any:
@@ -279,6 +303,41 @@ def _as_input_dict(program: Program, x: Any) -> dict[str, np.ndarray]:
     if len(names) != 1:
         raise ValueError(f"the model takes {len(names)} inputs {names}; pass a list or a dict")
     return {names[0]: np.asarray(x)}
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """Keras' ``batch_size``: None means 32; anything else must be a positive integer."""
+    if batch_size is None:
+        return 32
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(
+            f"batch_size must be a positive integer (or None for 32), received {batch_size!r}"
+        )
+    return int(batch_size)
+
+
+def check_input_shapes(program: Program, inputs: Mapping[str, np.ndarray]) -> int:
+    """The number of samples, after checking each input's shape *as the user passed it*
+    (before batching, so that a (64,) sample is reported as (64,), not as a (32,) batch)."""
+    n: int | None = None
+    for name, spec in program.graph.inputs.items():
+        if name not in inputs:
+            continue  # named in the backend's own error
+        shape, expected = tuple(np.shape(inputs[name])), spec.feature_shape
+        want = f"(batch, {', '.join(map(str, expected))})"
+        if shape == expected:
+            raise ValueError(
+                f"input {name!r}: expected a batch of shape {want}, received one sample of shape {shape}. "
+                f"predict takes a batch, as Keras' does: pass x[None] (shape (1, {', '.join(map(str, expected))}))."
+            )
+        if len(shape) != len(expected) + 1 or shape[1:] != expected:
+            raise ValueError(
+                f"input {name!r}: expected shape {want}, received {shape}. Reshape the data to the model's input."
+            )
+        if n is not None and shape[0] != n:
+            raise ValueError(f"the inputs have different numbers of samples: {n} and {shape[0]} ({name!r})")
+        n = shape[0]
+    return int(n or 0)
 
 
 def progress_verbosity(verbose: str | int) -> int:
