@@ -23,6 +23,13 @@ through ``cluster_from_environment``.  A cluster file::
     roles = ["dealer"]
     address = "10.0.0.3:7100"
 
+Security.  Every channel between parties is mutually authenticated and encrypted
+(``bridge/security``): ``keys = "keys"`` (a directory, relative to this file) pins
+``keys/<party>.crt`` for every party, and each process reads its own private key from
+``keys/<party>.key``; a party's ``certificate`` (a path or the PEM inline) and ``key``
+override those paths.  ``privacy-bridge keygen --cluster cluster.toml`` writes them.
+``insecure = true`` is the only way to run cleartext, and warns at start.
+
 Party order is rank order.  torch-spdz: rank 0 serves the rendezvous (a
 ``torch.distributed`` TCPStore) at its address unless ``rendezvous`` says otherwise;
 gloo then connects every pair on ports of its own choosing, on each party's host;
@@ -84,6 +91,11 @@ class PartyEntry(BaseModel):
     #: where this party's gRPC server (tf-pond) listens, if not at ``address``
     #: (e.g. ``0.0.0.0:7100`` behind NAT); gloo (torch-spdz) always binds at ``address``'s host
     bind: str | None = None
+    #: the certificate pinned for this party: a path (relative to the cluster file) or the
+    #: PEM text itself; default ``<keys>/<name>.crt``
+    certificate: str | None = None
+    #: this party's private key, read only by this party's own process; default ``<keys>/<name>.key``
+    key: str | None = None
 
     @field_validator("address", "bind")
     @classmethod
@@ -119,6 +131,11 @@ class ClusterConfig(BaseModel):
     rendezvous: str | None = None
     #: the rendezvous store is served by someone else (torchrun's agent), not by rank 0
     external_rendezvous: bool = False
+    #: directory of the parties' keys (``<name>.crt`` pinned, ``<name>.key`` private),
+    #: relative to the cluster file (made absolute when it is loaded)
+    keys: str | None = None
+    #: run cleartext and unauthenticated (warned about at start): only on a trusted network
+    insecure: bool = False
 
     @field_validator("rendezvous")
     @classmethod
@@ -161,6 +178,20 @@ class ClusterConfig(BaseModel):
     @property
     def rendezvous_address(self) -> tuple[str, int]:
         return split_address(self.rendezvous or self.parties[0].address)
+
+    def certificate_source(self, name: str) -> str | None:
+        """The certificate pinned for party ``name``: a path or inline PEM, or None."""
+        entry = self.party(name)
+        if entry.certificate is not None:
+            return entry.certificate
+        return None if self.keys is None else str(Path(self.keys) / f"{name}.crt")
+
+    def key_path(self, name: str) -> str | None:
+        """Where party ``name``'s own process finds its private key, or None."""
+        entry = self.party(name)
+        if entry.key is not None:
+            return entry.key
+        return None if self.keys is None else str(Path(self.keys) / f"{name}.key")
 
     def with_role(self, role: Role) -> tuple[str, ...]:
         return tuple(p.name for p in self.parties if role in p.roles)
@@ -212,14 +243,36 @@ def load_cluster(path: str | Path) -> ClusterConfig:
         raise ClusterError(f"cluster file {str(source)!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ClusterError(f"cluster file {str(source)!r} is not valid TOML: {exc}") from exc
-    return cluster_from_dict(raw, str(source))
+    return cluster_from_dict(raw, str(source), base=source.resolve().parent)
 
 
-def cluster_from_dict(raw: Mapping[str, Any], source: str = "cluster") -> ClusterConfig:
+def cluster_from_dict(raw: Mapping[str, Any], source: str = "cluster", base: Path | None = None) -> ClusterConfig:
+    """A validated cluster; relative key paths are taken relative to ``base`` (the
+    cluster file's directory) and stored absolute."""
+    raw = dict(raw)
+    if base is not None:
+        raw = _absolute_key_paths(raw, base)
     try:
-        return ClusterConfig.model_validate(dict(raw))
+        return ClusterConfig.model_validate(raw)
     except ValidationError as exc:
         raise ClusterError(f"{source} does not describe a cluster:\n{exc}") from exc
+
+
+def _absolute_key_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    def absolute(value: Any) -> Any:
+        if not isinstance(value, str) or value.lstrip().startswith("-----BEGIN"):
+            return value
+        return str(base / Path(value).expanduser())
+
+    if "keys" in raw:
+        raw["keys"] = absolute(raw["keys"])
+    parties = raw.get("parties")
+    if isinstance(parties, list):
+        raw["parties"] = [
+            {**p, **{k: absolute(p[k]) for k in ("certificate", "key") if k in p}} if isinstance(p, dict) else p
+            for p in parties
+        ]
+    return raw
 
 
 def to_toml(config: ClusterConfig) -> str:
@@ -229,12 +282,30 @@ def to_toml(config: ClusterConfig) -> str:
         lines.append(f'rendezvous = "{config.rendezvous}"')
     if config.external_rendezvous:
         lines.append("external_rendezvous = true")
+    if config.keys is not None:
+        lines.append(f"keys = {_toml_string(config.keys)}")
+    if config.insecure:
+        lines.append("insecure = true")
     for p in config.parties:
         roles = ", ".join(f'"{r.value}"' for r in sorted(p.roles, key=lambda r: r.value))
         lines += ["", "[[parties]]", f'name = "{p.name}"', f"roles = [{roles}]", f'address = "{p.address}"']
         if p.bind is not None:
             lines.append(f'bind = "{p.bind}"')
+        for field_name in ("certificate", "key"):
+            value = getattr(p, field_name)
+            if value is not None:
+                lines.append(f"{field_name} = {_toml_string(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_string(value: str) -> str:
+    """A TOML literal string (no escapes): multi-line for inline PEM text."""
+    quote = "'"
+    if "\n" not in value and quote not in value:
+        return quote + value + quote
+    if quote * 3 in value:
+        raise ClusterError(f"cannot write {value[:40]!r}... as a TOML literal string")
+    return quote * 3 + "\n" + value + quote * 3
 
 
 def cluster_from_environment(environ: Mapping[str, str]) -> tuple[ClusterConfig, str] | None:

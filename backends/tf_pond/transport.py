@@ -19,8 +19,20 @@ pickled).
   dead peer (connection refused) from a slow one.
 
 Messages above ``max_message_bytes`` are refused by gRPC itself at the receiver.
-The channels carry no TLS here: run the parties on a private network (or put a
-TLS-terminating proxy in front) when they cross untrusted links.
+
+Security.  Every channel is TLS 1.3 with mutual authentication, through grpcio's
+credentials, on the key pairs the cluster file pins (``bridge/security/keys.py``):
+a party's server presents its certificate and requires a client certificate issued
+by one of the pinned (self-signed) peer certificates; a party's channel to a peer
+trusts that peer's pinned certificate only (its DNS name through
+``grpc.ssl_target_name_override``).  Metadata names are not identities: every call
+is checked against the TLS peer (``context.auth_context()``): its certificate must be
+the one pinned for the party named in ``pb-from``, or the call is refused
+(PERMISSION_DENIED) before it touches an inbox; a client without a pinned key fails
+the TLS handshake itself.  So no outsider can read a frame, deliver one, abort a
+party or say goodbye in its name; TLS's record layer rejects tampered, replayed and
+reordered records.  With ``insecure = true`` (warned about at start) the channels
+are plain HTTP/2.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import grpc
 from bridge.cluster import ClusterConfig
 from bridge.mpc.comm import PeerError
 from bridge.mpc.distributed import KINDS, PeerTransport
+from bridge.security.keys import PartyCredentials, load_credentials, san_name
 
 SERVICE = "privacy_bridge.Party"
 DELIVER = f"/{SERVICE}/Deliver"
@@ -54,6 +67,7 @@ class GrpcTransport(PeerTransport):
     def __init__(self, cluster: ClusterConfig, party: str) -> None:
         super().__init__(party, cluster.names, cluster.timeout_s, cluster.max_message_bytes)
         self.cluster = cluster
+        self.credentials: PartyCredentials | None = load_credentials(cluster, party)
         limit = cluster.max_message_bytes + 1024
         options = [
             ("grpc.max_receive_message_length", limit),
@@ -74,7 +88,7 @@ class GrpcTransport(PeerTransport):
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         listen = cluster.party(party).listen_address
         try:
-            bound = self._server.add_insecure_port(listen)
+            bound = self._add_port(listen)
         except RuntimeError as exc:
             bound, error = 0, exc
         else:
@@ -86,7 +100,7 @@ class GrpcTransport(PeerTransport):
             )
         self._heard_from = {p: False for p in self.peers}
         self._server.start()
-        self._channels = {p: grpc.insecure_channel(cluster.party(p).address, options=options) for p in self.peers}
+        self._channels = {p: self._channel(p, options) for p in self.peers}
         self._deliver_calls = {p: c.unary_unary(DELIVER) for p, c in self._channels.items()}
         self._hello_calls = {p: c.unary_unary(HELLO) for p, c in self._channels.items()}
         try:
@@ -95,15 +109,58 @@ class GrpcTransport(PeerTransport):
             self._shutdown()
             raise
 
-    # -- server side ------------------------------------------------------------------------
-    def _on_deliver(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        metadata = dict(context.invocation_metadata())
-        sender, kind_text = metadata.get(FROM_KEY), metadata.get(KIND_KEY, "")
-        if sender not in self._inbox:
+    # -- TLS ----------------------------------------------------------------------------------
+    def _add_port(self, listen: str) -> int:
+        creds = self.credentials
+        if creds is None:
+            return self._server.add_insecure_port(listen)
+        peers_pem = b"".join(creds.pinned_pem[p] for p in self.peers)
+        server_credentials = grpc.ssl_server_credentials(
+            [(creds.key_pem, creds.certificate_pem)], root_certificates=peers_pem, require_client_auth=True
+        )
+        return self._server.add_secure_port(listen, server_credentials)
+
+    def _channel(self, peer: str, options: list) -> grpc.Channel:
+        address = self.cluster.party(peer).address
+        creds = self.credentials
+        if creds is None:
+            return grpc.insecure_channel(address, options=options)
+        channel_credentials = grpc.ssl_channel_credentials(
+            root_certificates=creds.pinned_pem[peer], private_key=creds.key_pem,
+            certificate_chain=creds.certificate_pem,
+        )
+        return grpc.secure_channel(
+            address, channel_credentials, options=[*options, ("grpc.ssl_target_name_override", san_name(peer))]
+        )
+
+    def _authenticated_caller(self, context: grpc.ServicerContext) -> str | None:
+        """The party named in ``pb-from``, once the TLS peer is shown to be that party."""
+        claimed = dict(context.invocation_metadata()).get(FROM_KEY)
+        if claimed not in self._inbox:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"party {self.party!r} takes messages from {list(self.peers)} only, not from {sender!r}",
+                f"party {self.party!r} takes messages from {list(self.peers)} only, not from {claimed!r}",
             )
+        if self.credentials is None:
+            return claimed
+        auth = context.auth_context()
+        version = (auth.get("ssl_tls_version") or [b""])[0]
+        pem = (auth.get("x509_pem_cert") or [b""])[0]
+        if version != b"TLSv1.3" or not pem:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"party {self.party!r} takes calls over mutually authenticated TLS 1.3 only")
+        if pem.strip() != self.credentials.pinned_pem[claimed].strip():
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"party {self.party!r} refused a call that claims to come from {claimed!r}: the caller's "
+                f"certificate is not the one the cluster pins for {claimed!r}",
+            )
+        return claimed
+
+    # -- server side ------------------------------------------------------------------------
+    def _on_deliver(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        sender = self._authenticated_caller(context)
+        kind_text = dict(context.invocation_metadata()).get(KIND_KEY, "")
         if not kind_text.isdigit() or int(kind_text) not in KINDS:
             self._peer_gone(
                 sender, f"party {sender!r} sent a message of unknown kind {kind_text!r}; its connection was dropped"
@@ -114,7 +171,7 @@ class GrpcTransport(PeerTransport):
         return b""
 
     def _on_hello(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        caller = dict(context.invocation_metadata()).get(FROM_KEY)
+        caller = self._authenticated_caller(context)
         if caller in self._heard_from:
             self._heard_from[caller] = True
         return self.party.encode()

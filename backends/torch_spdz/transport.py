@@ -17,6 +17,23 @@ unknown kind or a length beyond ``max_message_bytes`` drops that peer with a
 pair, which gloo reports at once: the receiving thread records it and the party's
 next receive from it fails with the peer's name.
 
+Security.  gloo in torch's CPU builds has no TLS transport, so every frame is sealed
+(``bridge/security/channel.py``): once the group is connected, each pair runs a
+handshake over its gloo link (ephemeral X25519 keys, each side signing the transcript
+of both keys and both names with the key the cluster file pins for it), then every
+frame is ``[SEALED, length]`` plus AES-256-GCM of ``kind || payload`` under that
+direction's key, its nonce the frame counter and the two names its associated data.
+A peer that cannot prove its pinned key fails the handshake with a ``PeerError``
+naming it; an altered, replayed or reordered frame fails authentication and drops
+that peer.  Each frame carries 17 bytes more than its payload (``Messenger``'s counts,
+which are of payloads, do not change).  The rendezvous is no open ``TCPStore``: rank
+0 serves ``bridge/security/rendezvous.py``'s store over mutually authenticated TLS 1.3
+at the rendezvous address only, so an outsider can neither read nor write it.  With
+``insecure = true`` (warned about at start) frames are cleartext and rank 0 serves a
+``TCPStore`` bound to the rendezvous host only; under torchrun's agent store the
+rendezvous is the agent's (unauthenticated: a forged entry can stop a run, never
+read or forge a frame, as the handshake still authenticates every pair).
+
 The process group is built directly (``ProcessGroupGloo(store, rank, size, options)``)
 rather than through ``init_process_group``: no global default group, so several
 transports (e.g. the parties of a test) can live in one process.
@@ -25,21 +42,29 @@ transports (e.g. the parties of a test) can live in one process.
 from __future__ import annotations
 
 import datetime
+import socket
+import sys
 import threading
 import time
 
 import torch
 import torch.distributed as dist
 
+from backends.torch_spdz.rendezvous import AuthenticatedStore
 from bridge.cluster import ClusterConfig, join_address
 from bridge.mpc.comm import PeerError
 from bridge.mpc.distributed import KINDS, PeerTransport
+from bridge.security.channel import HELLO_BYTES, OVERHEAD, PROOF_BYTES, ChannelError, Handshake, SecureChannel
+from bridge.security.keys import PartyCredentials, load_credentials
+from bridge.security.rendezvous import RendezvousClient, RendezvousError, RendezvousServer, RendezvousUnreachable
 
 TAG = 0
 #: how long a receiving thread may wait for its peer's next message: "forever" (the
 #: protocol's own timeout, in ``PeerTransport.recv``, decides when a silence is an error)
 IDLE_WAIT = datetime.timedelta(days=3650)
 STORE_PREFIX = "privacy-bridge/"
+#: the header kind of a sealed frame (its real kind travels inside, authenticated)
+SEALED = 16
 
 
 class GlooTransport(PeerTransport):
@@ -53,20 +78,36 @@ class GlooTransport(PeerTransport):
         self.rank = cluster.rank(party)
         self._ranks = {p: cluster.rank(p) for p in self.peers}
         self._send_locks = {p: threading.Lock() for p in self.peers}
+        self.credentials: PartyCredentials | None = load_credentials(cluster, party)
+        self._channels: dict[str, SecureChannel] = {}
+        self._rendezvous_server: RendezvousServer | None = None
+        self._rendezvous_client: RendezvousClient | None = None
         deadline = time.monotonic() + self.timeout_s
-        store = self._rendezvous_store()
-        self._announce(store, "up", deadline, "did not show up")
+        try:
+            store = self._rendezvous_store()
+            self._announce(store, "up", deadline, "did not show up")
+        except BaseException:
+            self._close_rendezvous()
+            raise
         options = dist.ProcessGroupGloo._Options()
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=cluster.party(party).host)]
         options._timeout = datetime.timedelta(seconds=max(deadline - time.monotonic(), 1.0))
         try:
             self._group = dist.ProcessGroupGloo(store, self.rank, len(cluster.parties), options)
         except RuntimeError as exc:
+            self._close_rendezvous()
             raise PeerError(
                 f"party {party!r} could not connect its gloo links to every party: {exc}. "
                 "A party died during setup, or a host/firewall blocks the connection."
             ) from exc
-        self._announce(store, "connected", time.monotonic() + self.timeout_s, "died while connecting")
+        try:
+            if self.credentials is not None:
+                self._handshake(self.credentials, max(deadline - time.monotonic(), 1.0))
+            self._announce(store, "connected", time.monotonic() + self.timeout_s, "died while connecting")
+        except BaseException:
+            self._group.shutdown()
+            self._close_rendezvous()
+            raise
         store.set(f"passed/{party}", "1")
         self._store: dist.Store | None = store
         self._threads = [
@@ -80,6 +121,12 @@ class GlooTransport(PeerTransport):
     def _rendezvous_store(self) -> dist.Store:
         host, port = self.cluster.rendezvous_address
         is_server = self.rank == 0 and not self.cluster.external_rendezvous
+        if self.credentials is not None and not self.cluster.external_rendezvous:
+            # this store serves this cluster alone: no prefix (and PrefixStore cannot wrap a Python Store)
+            return self._authenticated_store(self.credentials, host, port, is_server)
+        if self.credentials is not None:
+            print(f"privacy-bridge party {self.party!r}: the rendezvous is torchrun's agent store, which has no "
+                  "authentication; the party channels are still authenticated and encrypted", file=sys.stderr)
         try:
             store = dist.TCPStore(
                 host,
@@ -88,6 +135,8 @@ class GlooTransport(PeerTransport):
                 is_server,
                 timeout=datetime.timedelta(seconds=self.timeout_s),
                 wait_for_workers=False,
+                # bound to the rendezvous host only (TCPStore alone listens on every interface)
+                master_listen_fd=_listening_socket(host, port).detach() if is_server else None,
             )
         except Exception as exc:  # noqa: BLE001 - torch raises several types here
             where = join_address(host, port)
@@ -102,6 +151,73 @@ class GlooTransport(PeerTransport):
                 f"{server}, which serves it, did not show up ({_first_line(exc)})"
             ) from exc
         return dist.PrefixStore(STORE_PREFIX, store)
+
+    def _authenticated_store(self, credentials: PartyCredentials, host: str, port: int, is_server: bool) -> dist.Store:
+        where = join_address(host, port)
+        server = self.cluster.names[0]
+        if is_server:
+            try:
+                self._rendezvous_server = RendezvousServer(host, port, credentials, list(self.cluster.names))
+            except OSError as exc:
+                raise PeerError(
+                    f"party {self.party!r} (rank 0) could not serve the rendezvous at {where}: "
+                    f"{_first_line(exc)}. Is the port taken, or the host not this machine's?"
+                ) from exc
+        try:
+            self._rendezvous_client = RendezvousClient(host, port, credentials, server, self.timeout_s)
+        except RendezvousUnreachable as exc:
+            raise PeerError(
+                f"party {self.party!r} could not reach the rendezvous at {where} within {self.timeout_s:g} s: "
+                f"party {server!r} (rank 0), which serves it, did not show up ({exc})"
+            ) from exc
+        except RendezvousError as exc:
+            raise PeerError(
+                f"party {self.party!r} could not join the rendezvous at {where}, served by party {server!r} "
+                f"(rank 0), within {self.timeout_s:g} s: {exc}"
+            ) from exc
+        return AuthenticatedStore(self._rendezvous_client)
+
+    def _close_rendezvous(self) -> None:
+        if self._rendezvous_client is not None:
+            self._rendezvous_client.close()
+        if self._rendezvous_server is not None:
+            self._rendezvous_server.close()
+
+    def _handshake(self, credentials: PartyCredentials, timeout_s: float) -> None:
+        """Authenticate every peer and key a sealed channel with it (two exchanges)."""
+        shakes = {p: Handshake(credentials, p) for p in self.peers}
+        hellos = self._exchange({p: s.hello() for p, s in shakes.items()}, HELLO_BYTES, timeout_s)
+        try:
+            proofs = {p: shakes[p].proof(hellos[p]) for p in self.peers}
+        except ChannelError as exc:
+            raise PeerError(f"party {self.party!r} refused a peer at the handshake: {exc}") from exc
+        answers = self._exchange(proofs, PROOF_BYTES, timeout_s)
+        for peer in self.peers:
+            try:
+                self._channels[peer] = shakes[peer].finish(answers[peer])
+            except ChannelError as exc:
+                raise PeerError(
+                    f"party {self.party!r} refused party {peer!r} at the handshake: {exc}. Someone else runs "
+                    f"as {peer!r}, or its key is not the one this cluster file pins (rerun keygen and copy "
+                    "the certificates to every host)."
+                ) from exc
+
+    def _exchange(self, outgoing: dict[str, bytes], size: int, timeout_s: float) -> dict[str, bytes]:
+        """Send each peer its bytes and receive ``size`` bytes from each, all at once."""
+        wait = datetime.timedelta(seconds=timeout_s)
+        incoming = {p: torch.empty(size, dtype=torch.uint8) for p in self.peers}
+        sends = {p: self._group.send([torch.frombuffer(bytearray(outgoing[p]), dtype=torch.uint8)], self._ranks[p], TAG)
+                 for p in self.peers}
+        receives = {p: self._group.recv([incoming[p]], self._ranks[p], TAG) for p in self.peers}
+        for peer in self.peers:
+            for work in (sends[peer], receives[peer]):
+                try:
+                    work.wait(wait)
+                except Exception as exc:  # noqa: BLE001 - gloo raises RuntimeError
+                    raise PeerError(
+                        f"party {self.party!r} could not run the handshake with party {peer!r}: {_first_line(exc)}"
+                    ) from exc
+        return {p: incoming[p].numpy().tobytes() for p in self.peers}
 
     def _announce(self, store: dist.Store, stage: str, deadline: float, missing_means: str) -> None:
         """Write ``stage/<me>`` and wait until every party has; name whoever has not."""
@@ -133,8 +249,12 @@ class GlooTransport(PeerTransport):
     def _send_frame(self, peer: str, kind: int, payload: bytes, timeout_s: float) -> None:
         rank = self._ranks[peer]
         wait = datetime.timedelta(seconds=timeout_s)
-        header = torch.tensor([kind, len(payload)], dtype=torch.int64)
+        channel = self._channels.get(peer)
         with self._send_locks[peer]:
+            if channel is not None:
+                payload = channel.seal(kind, payload)
+                kind = SEALED
+            header = torch.tensor([kind, len(payload)], dtype=torch.int64)
             self._group.send([header], rank, TAG).wait(wait)
             if payload:
                 body = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
@@ -144,6 +264,8 @@ class GlooTransport(PeerTransport):
         """Post receives from ``peer`` until it says goodbye, dies or misbehaves."""
         rank = self._ranks[peer]
         header = torch.empty(2, dtype=torch.int64)
+        channel = self._channels.get(peer)
+        overhead = OVERHEAD if channel is not None else 0
         while True:
             try:
                 self._group.recv([header], rank, TAG).wait(IDLE_WAIT)
@@ -155,7 +277,8 @@ class GlooTransport(PeerTransport):
                 )
                 break
             kind, length = (int(v) for v in header.tolist())
-            if kind not in KINDS or not 0 <= length <= self.max_message_bytes:
+            expected = kind == SEALED and length >= overhead if channel is not None else kind in KINDS
+            if not expected or not 0 <= length <= self.max_message_bytes + overhead:
                 self._peer_gone(
                     peer,
                     f"party {peer!r} sent a malformed frame header (kind {kind}, length {length}; "
@@ -173,6 +296,12 @@ class GlooTransport(PeerTransport):
                     )
                     break
                 payload = body.numpy().tobytes()
+            if channel is not None:
+                try:
+                    kind, payload = channel.open(payload)
+                except ChannelError as exc:
+                    self._peer_gone(peer, f"{exc}; its connection was dropped")
+                    break
             self._deliver(peer, kind, payload)
             if self._inbox[peer].gone is not None:
                 break
@@ -195,6 +324,7 @@ class GlooTransport(PeerTransport):
         if not any(t.is_alive() for t in self._threads):
             self._group.shutdown()
             self._store = None  # rank 0 stops serving the rendezvous
+            self._close_rendezvous()
 
     def _await_passed(self, deadline: float) -> None:
         """Rank 0 serves the store: it stays until every party has read it for the last time."""
@@ -206,6 +336,12 @@ class GlooTransport(PeerTransport):
             except Exception:  # noqa: BLE001 - nothing more to wait for
                 return
             time.sleep(0.02)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening at ``host:port`` only, for ``TCPStore(master_listen_fd=...)``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, reuse_port=False, backlog=128)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -27,9 +27,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_keys_dir: Path | None = None
+_keys_lock = threading.Lock()
+
+
+def session_keys(names: list[str] | tuple[str, ...]) -> Path:
+    """A directory (one per test process) holding a key pair for each of ``names``,
+    made once per name: the clusters of the tests are secured, as users' are."""
+    global _keys_dir
+    import atexit
+    import shutil
+    import tempfile
+
+    from bridge.security.keys import keygen
+
+    with _keys_lock:
+        if _keys_dir is None:
+            _keys_dir = Path(tempfile.mkdtemp(prefix="privacy-bridge-test-keys-"))
+            atexit.register(shutil.rmtree, _keys_dir, True)
+        missing = [n for n in names if not (_keys_dir / f"{n}.key").exists()]
+        if missing:
+            keygen(missing, _keys_dir)
+        return _keys_dir
+
+
 def loopback_cluster(parties: dict[str, frozenset[Role]] | list[str] = PARTIES, timeout_s: float = TIMEOUT_S,
                      **settings: Any) -> ClusterConfig:
+    """A cluster on free loopback ports, secured with this session's keys
+    (``insecure=True`` for a cleartext one)."""
     roles = parties if isinstance(parties, dict) else {n: frozenset({Role.COMPUTE}) for n in parties}
+    if not settings.get("insecure") and "keys" not in settings:
+        settings["keys"] = str(session_keys(list(roles)))
     return ClusterConfig(
         parties=tuple(PartyEntry(name=n, roles=r, address=f"127.0.0.1:{free_port()}") for n, r in roles.items()),
         timeout_s=timeout_s,

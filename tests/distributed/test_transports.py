@@ -128,9 +128,21 @@ def test_gloo_malformed_header_drops_the_peer_without_allocating():
 
 
 def test_grpc_refuses_strangers_unknown_kinds_and_oversized_messages():
+    from bridge.security.keys import load_credentials, san_name
+
     config = loopback_cluster(["rogue", "victim"], timeout_s=3.0, max_message_bytes=4096)
     ts = open_all("grpc", config)
-    channel = grpc.insecure_channel(config.party("victim").address)
+    outsider = grpc.insecure_channel(config.party("victim").address)
+    with pytest.raises(grpc.RpcError) as cleartext:  # no TLS, no key: refused at the handshake
+        outsider.unary_unary("/privacy_bridge.Party/Deliver")(
+            b"x", metadata=(("pb-from", "rogue"), ("pb-kind", "0")), timeout=3)
+    assert cleartext.value.code() == grpc.StatusCode.UNAVAILABLE
+    outsider.close()
+    rogue = load_credentials(config, "rogue")  # a member of the cluster that misbehaves
+    channel = grpc.secure_channel(
+        config.party("victim").address,
+        grpc.ssl_channel_credentials(rogue.pinned_pem["victim"], rogue.key_pem, rogue.certificate_pem),
+        options=[("grpc.ssl_target_name_override", san_name("victim"))])
     deliver = channel.unary_unary("/privacy_bridge.Party/Deliver")
     with pytest.raises(grpc.RpcError) as stranger:
         deliver(b"x", metadata=(("pb-from", "mallory"), ("pb-kind", "0")), timeout=3)
