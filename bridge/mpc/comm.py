@@ -148,6 +148,38 @@ class CommStats:
                 }
             return out
 
+    def groups(self, party: str) -> dict[str, tuple[int, int]]:
+        """label group -> (bytes, rounds) for ``party``; a group is a label's first part (the
+        node, or ``share``/``reveal``/``setup``: ``dense_1/relu/compare`` -> ``dense_1``,
+        ``share:x`` -> ``share``), most bytes first."""
+        out: dict[str, list[int]] = {}
+        for label, (nbytes, rounds) in self.snapshot().get(party, {}).items():
+            total = out.setdefault(label.split("/", 1)[0].split(":", 1)[0], [0, 0])
+            total[0] += nbytes
+            total[1] += rounds
+        return {g: (b, r) for g, (b, r) in sorted(out.items(), key=lambda item: (-item[1][0], item[0]))}
+
+    def summary(self) -> str:
+        """A small table per party: bytes and rounds in total and by label group."""
+        parties = sorted(self.snapshot())
+        if not parties:
+            return "CommStats: no traffic"
+        lines = [f"CommStats: {len(parties)} part{'y' if len(parties) == 1 else 'ies'}"]
+        for party in parties:
+            groups = self.groups(party)
+            rows = [(g, f"{b:,}", f"{r:,}") for g, (b, r) in groups.items()]
+            rows.append(("total", f"{sum(b for b, _ in groups.values()):,}", f"{sum(r for _, r in groups.values()):,}"))
+            widths = [max(len(row[i]) for row in [("group", "bytes", "rounds"), *rows]) for i in range(3)]
+            lines.append(f"{party}:")
+            for i, (group, nbytes, rounds) in enumerate([("group", "bytes", "rounds"), *rows]):
+                if i == len(rows):
+                    lines.append("  " + "  ".join("-" * w for w in widths))
+                lines.append(f"  {group:<{widths[0]}}  {nbytes:>{widths[1]}}  {rounds:>{widths[2]}}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
     def since(self, before: dict[str, dict[str, tuple[int, int]]]) -> "CommStats":
         """A new CommStats holding what happened after ``before`` was taken."""
         delta = CommStats()
