@@ -44,6 +44,10 @@ def run_party(cluster_path: str | Path, name: str, script_argv: Sequence[str]) -
     """
     config = load_cluster(cluster_path)
     config.party(name)
+    if not config.insecure:
+        from bridge.security.keys import load_credentials
+
+        load_credentials(config, name)  # missing or mismatched keys: a clear error before the script
     argv = list(script_argv)
     if argv[:1] == ["--"]:
         argv = argv[1:]
@@ -143,6 +147,14 @@ def launch_parties(
     if not argv:
         raise ValueError("no script to run: use privacy-bridge launch --cluster FILE -- SCRIPT [ARGS...]")
     out = stream or sys.stdout
+    if not config.insecure:
+        from bridge.security.keys import load_credentials, make_missing_keys
+
+        made = make_missing_keys(config)  # every party runs here: a fresh checkout gets its keys
+        if made:
+            out.write(f"[launch] made keys for {', '.join(made)} in {config.keys}\n")
+        for party in config.names:
+            load_credentials(config, party)
     lock = threading.Lock()
     child_env = {**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1"}
     path = str(Path(cluster_path).resolve())

@@ -262,3 +262,51 @@ def _private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ValueError("expected an unencrypted EC P-256 private key")
     return key
+
+
+# -- keygen for a cluster file ---------------------------------------------------------------------
+
+def default_keys_dir(cluster_path: str | Path, config: ClusterConfig) -> Path:
+    """Where a cluster's keys go: its ``keys`` directory, or ``keys/`` beside the file."""
+    return Path(config.keys) if config.keys is not None else Path(cluster_path).resolve().parent / "keys"
+
+
+def pin_keys_dir(cluster_path: str | Path, keys_dir: Path) -> str:
+    """Add ``keys = "..."`` (relative to the file when possible) to a cluster file that has
+    none, keeping the rest of its text (comments included); returns the value written."""
+    path = Path(cluster_path)
+    base = path.resolve().parent
+    try:
+        value = str(keys_dir.resolve().relative_to(base))
+    except ValueError:
+        value = str(keys_dir.resolve())
+    lines = path.read_text().splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")), len(lines))
+    quoted = "'" + value + "'" if "'" not in value else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    lines.insert(at, f"keys = {quoted}    # <party>.crt pinned for every party; <party>.key private\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, path)
+    return value
+
+
+def make_missing_keys(config: ClusterConfig) -> list[str]:
+    """For a run of every party on this host (``privacy-bridge launch``): make the key pair
+    of each party whose certificate and key are both absent from the ``keys`` directory
+    (a fresh checkout of the examples).  Nothing else is touched: a half-present pair or
+    an explicit per-party path is left for ``load_credentials`` to report."""
+    if config.insecure or config.keys is None:
+        return []
+    import fcntl
+
+    Path(config.keys).mkdir(parents=True, exist_ok=True)
+    with open(Path(config.keys) / ".keygen.lock", "a") as lock:  # launches at once make each key once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fresh = [
+            p.name for p in config.parties
+            if p.certificate is None and p.key is None
+            and not Path(config.keys, f"{p.name}.crt").exists() and not Path(config.keys, f"{p.name}.key").exists()
+        ]
+        if fresh:
+            keygen(fresh, config.keys)
+    return fresh

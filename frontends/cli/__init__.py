@@ -62,8 +62,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     program, weights = _program_for(args.model)
     out = save_program(args.out, program, weights)
+    from frontends.cli.inspect import counts
+
     print(f"wrote {out / 'program.json'} and {out / 'weights.npz'} "
-          f"({len(program.graph.nodes)} nodes, {sum(w.size for w in weights.values())} parameters)")
+          f"({counts(program)} as in inspect; {sum(w.size for w in weights.values())} parameters)")
     return 0
 
 
@@ -92,6 +94,33 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from bridge.launch import launch
 
     return launch(args.cluster, args.script, timeout_s=args.timeout, grace_s=args.grace)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bridge.cluster import load_cluster
+    from bridge.security.keys import default_keys_dir, keygen, pin_keys_dir
+
+    config = load_cluster(args.cluster)
+    out = Path(args.out).resolve() if args.out else default_keys_dir(args.cluster, config)
+    names = args.party or list(config.names)
+    unknown = [n for n in names if n not in config.names]
+    if unknown:
+        raise ValueError(f"--party {unknown} not in the cluster; it has parties {list(config.names)}")
+    keygen(names, out, force=args.force)
+    print(f"wrote a private key (<party>.key, mode 0600) and a certificate (<party>.crt) for "
+          f"{', '.join(names)} in {out}")
+    if config.keys is None:
+        value = pin_keys_dir(args.cluster, out)
+        print(f"added keys = {value!r} to {args.cluster}: it now pins these certificates")
+    elif Path(config.keys).resolve() != out:
+        print(f"note: {args.cluster} pins the certificates in {config.keys}, not {out}; "
+              "edit its keys line or copy them there")
+    print("Give every host all the .crt files and each party only its own .key.")
+    if config.insecure:
+        print(f"note: {args.cluster} still says insecure = true (cleartext); remove that line to use the keys")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,14 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_demo)
 
     p = sub.add_parser("party", help="run one party of a cluster file")
-    p.add_argument("--cluster", required=True)
-    p.add_argument("--name", required=True)
+    p.add_argument("--cluster", required=True, metavar="FILE",
+                   help="the cluster file (TOML): every party's name, roles and address")
+    p.add_argument("--name", required=True, help="which party of the file this process is")
     p.add_argument("script", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
     p.set_defaults(fn=_cmd_party)
 
+    p = sub.add_parser("keygen", help="make a cluster's keys: a key pair and certificate per party")
+    p.add_argument("--cluster", required=True, help="the cluster file; gains keys = DIR if it has none")
+    p.add_argument("--out", default=None, help="directory for the keys (default: the file's keys, else keys/ beside it)")
+    p.add_argument("--party", action="append", help="only this party (repeatable; default: every party)")
+    p.add_argument("--force", action="store_true", help="replace existing keys")
+    p.set_defaults(fn=_cmd_keygen)
+
     p = sub.add_parser("launch", help="start every party of a cluster file on this host")
-    p.add_argument("--cluster", required=True)
-    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--cluster", required=True, metavar="FILE",
+                   help="the cluster file (TOML): every party's name, roles and loopback address")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="stop every party if the run takes longer (default 600); launch then exits 124")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds the other parties may run on after the first one fails (default 5); raise it "
                         "for federated runs, which finish without a dead client")
