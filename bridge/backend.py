@@ -33,6 +33,8 @@ class RunResult:
 
     outputs: dict[str, np.ndarray]
     stats: Any = None
+    #: queries rerun with fresh randomness after the range check flagged them
+    reruns: int = 0
 
 
 class Executable(ABC):

@@ -51,16 +51,18 @@ class SecureBackend(Backend):
         return distributed_runner(self, program, kernels, cluster, party)
 
     def prepare(self, program: Program, weights: Mapping[str, np.ndarray], **options: Any) -> Executable:
-        """Options: ``timeout_s``; ``cluster`` and ``party`` (distributed, see ``_runner``);
-        the rest go to the kernels."""
+        """Options: ``timeout_s``; ``check_overflow``, ``overflow_bound``, ``max_reruns``
+        (the range check, ``bridge.mpc.session``); ``cluster`` and ``party`` (distributed,
+        see ``_runner``); the rest go to the kernels."""
         from bridge.mpc.session import SecureExecutable
 
         self.check_supported(program)
         timeout_s = float(options.pop("timeout_s", 30.0))
+        checks = {k: options.pop(k) for k in ("check_overflow", "overflow_bound", "max_reruns") if k in options}
         distributed = {k: options.pop(k) for k in ("cluster", "party") if k in options}
         kernels = self.make_kernels(**options)
         runner = self._runner(program, kernels, distributed)
-        return SecureExecutable(program, weights, kernels, timeout_s=timeout_s, runner=runner)
+        return SecureExecutable(program, weights, kernels, timeout_s=timeout_s, runner=runner, **checks)
 
     def prepare_training(
         self, program: Program, weights: Mapping[str, np.ndarray], **options: Any

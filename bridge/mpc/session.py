@@ -4,14 +4,25 @@ Per party, in order (SPMD):
   setup   dealer seeds; the model owner shares every parameter; the parameters used
           as fixed Beaver operands are masked once (Pond's masked tensors).
   run     input owners share the batch; compute parties and the dealer evaluate the
-          graph; outputs are revealed to their receivers only.
-Traffic is labelled ``setup`` (one-time), ``share:<input>``, ``<node>/...`` and
-``reveal:<output>``.
+          graph; the range check (``bridge.mpc.range_check``) flags any layer whose
+          values left the fixed-point range; outputs are revealed to their receivers
+          only if nothing was flagged.
+Traffic is labelled ``setup`` (one-time), ``share:<input>``, ``<node>/...``,
+``overflow_check`` and ``reveal:<output>``.
+
+Nothing silently wrong: every locally owned input is encoded (NaN, inf and range
+checked) before any party starts a run, and each run draws from its own randomness
+streams (``PartyContext.begin_run``), so a refused or failed batch leaves the next one
+correct.  A flagged query is rerun once with fresh randomness (a truncation failure,
+probability about |v| / 2^63 per truncated value, does not repeat) and counted in
+``reruns``; flagged again, it is refused with ``FixedPointOverflowError`` naming the
+layer (the input drives the model out of range).  Every party learns the flag bits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -19,10 +30,19 @@ import numpy as np
 from bridge.backend import BackendError, Executable, RunResult
 from bridge.ir import Program, validate_program, validate_weights
 from bridge.mpc.comm import CommStats
+from bridge.mpc.fixedpoint import encode
 from bridge.mpc.kernels import RingKernels
 from bridge.mpc.layers import masked_parameter_names, secure_forward, secure_parameter_specs, secure_parameters
 from bridge.mpc.party import PartyContext
 from bridge.mpc.protocol import Masked, Shared, mask_operand, reveal_to, share_input
+from bridge.mpc.range_check import (
+    DEFAULT_SERVING_BOUND,
+    CheckPlan,
+    FixedPointOverflowError,
+    check_bound,
+    overflow_flags,
+    serving_check_plan,
+)
 from bridge.mpc.runtime import PartyRunner, ThreadedParties
 
 SETUP_LABEL = "setup"
@@ -80,7 +100,18 @@ def check_inputs(program: Program, inputs: Mapping[str, np.ndarray]) -> int:
 
 
 class SecureExecutable(Executable):
-    """Encrypted serving: the weights stay shared across runs; each run serves one batch."""
+    """Encrypted serving: the weights stay shared across runs; each run serves one batch.
+
+    ``check_overflow`` (default on) runs the range check on every query against
+    ``overflow_bound``; ``max_reruns`` flagged queries are rerun before the input is
+    refused.  ``reruns`` counts the reruns of the last query, ``reruns_total`` all.
+    """
+
+    check_overflow: bool = True
+    overflow_bound: float = DEFAULT_SERVING_BOUND
+    max_reruns: int = 1
+    reruns: int = 0
+    reruns_total: int = 0
 
     def __init__(
         self,
@@ -89,11 +120,20 @@ class SecureExecutable(Executable):
         kernels: RingKernels,
         timeout_s: float = 30.0,
         runner: PartyRunner | None = None,
+        *,
+        check_overflow: bool = True,
+        overflow_bound: float = DEFAULT_SERVING_BOUND,
+        max_reruns: int = 1,
     ) -> None:
         """``weights`` are needed only where the model owner runs; ``runner`` defaults to
         every party in threads of this process."""
         validate_program(program)
+        if max_reruns < 0:
+            raise ValueError(f"max_reruns must be 0 or more; received {max_reruns}")
         self.program = program
+        self.check_overflow = bool(check_overflow)
+        self.overflow_bound = check_bound(overflow_bound, program.numerics.frac_bits)
+        self.max_reruns = int(max_reruns)
         compute, dealer = compute_and_dealer(program)
         self.parties: PartyRunner = runner or ThreadedParties(
             program.placement.names, kernels, program.numerics, compute, dealer, timeout_s
@@ -110,38 +150,89 @@ class SecureExecutable(Executable):
         self.setup_stats: CommStats = self.parties.stats.since(before)
         self.last_stats: CommStats | None = None
 
+    @cached_property
+    def check_plan(self) -> CheckPlan:
+        return serving_check_plan(self.program)
+
+    def _encode_local_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Encode (and so check) every input owned by a party hosted here, before any party
+        runs: a refused value stops the query before anyone draws randomness for it."""
+        placement = self.program.placement
+        arrays = {n: np.asarray(v, dtype=np.float64) for n, v in inputs.items()}
+        for name, value in arrays.items():
+            if placement.input_owners[name] in self.parties.contexts:
+                encode(value, self.program.numerics, name)
+        return arrays
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
         """Serve one batch.  ``outputs`` holds what the local receivers got (all, embedded)."""
         batch = check_inputs(self.program, inputs)
-        graph, placement = self.program.graph, self.program.placement
-        arrays = {n: np.asarray(v, dtype=np.float64) for n, v in inputs.items()}
-
-        def serve(ctx: PartyContext) -> dict[str, np.ndarray]:
-            values: dict[str, Shared | None] = {}
-            for name, spec in graph.inputs.items():
-                owner = placement.input_owners[name]
-                mine = arrays[name] if ctx.name == owner else None
-                values[name] = share_input(ctx, owner, mine, (batch, *spec.feature_shape), name)
-            if ctx.in_protocol:
-                computed, _ = secure_forward(ctx, self.program, self._params[ctx.name], values)  # type: ignore[arg-type]
-                values.update(computed)
-            revealed = {}
-            for name in graph.outputs:
-                out = reveal_to(ctx, values.get(name), placement.output_receivers[name], name)
-                if out is not None:
-                    revealed[name] = out
-            return revealed
-
+        arrays = self._encode_local_inputs(inputs)
         before = self.parties.stats.snapshot()
-        results = self.parties.run(serve)
+        self.reruns = 0
+        while True:
+            results = self.parties.run(lambda ctx: self._serve(ctx, arrays, batch))
+            flagged = next((r[1] for r in results.values() if r[0] == "overflow"), None)
+            if flagged is None or not self._placement_sees_flags():
+                break
+            if self.reruns >= self.max_reruns:
+                self.last_stats = self.parties.stats.since(before)
+                raise self._overflow_error(flagged)
+            self.reruns += 1
+            self.reruns_total += 1
         self.last_stats = self.parties.stats.since(before)
         outputs: dict[str, np.ndarray] = {}
-        for name in graph.outputs:
-            for receiver in placement.output_receivers[name]:
-                if receiver in results and name in results[receiver]:
-                    outputs[name] = results[receiver][name]
+        for name in self.program.graph.outputs:
+            for receiver in self.program.placement.output_receivers[name]:
+                if receiver in results and name in results[receiver][1]:
+                    outputs[name] = results[receiver][1][name]
                     break
-        return RunResult(outputs, self.last_stats)
+        return RunResult(outputs, self.last_stats, self.reruns)
+
+    def _placement_sees_flags(self) -> bool:
+        return self.check_overflow and bool(self.check_plan.entries)
+
+    def _serve(self, ctx: PartyContext, arrays: Mapping[str, np.ndarray], batch: int) -> tuple[str, Any]:
+        """One attempt at the query, in one party: ("overflow", layers) or ("outputs", {name: value})."""
+        graph, placement = self.program.graph, self.program.placement
+        values: dict[str, Shared | None] = {}
+        for name, spec in graph.inputs.items():
+            owner = placement.input_owners[name]
+            mine = arrays[name] if ctx.name == owner else None
+            values[name] = share_input(ctx, owner, mine, (batch, *spec.feature_shape), name)
+        if ctx.in_protocol:
+            computed, _ = secure_forward(ctx, self.program, self._params[ctx.name], values)  # type: ignore[arg-type]
+            values.update(computed)
+        if self._placement_sees_flags():
+            plan = self.check_plan
+            flags = None
+            if ctx.in_protocol:
+                checked = [values[v] for v, _, _ in plan.entries]
+                rectified = [values[r] if r is not None else None for _, r, _ in plan.entries]
+                flags = overflow_flags(ctx, checked, self.overflow_bound, rectified)  # type: ignore[arg-type]
+            # every party learns the flags, so that all of them rerun or stop together
+            seen = reveal_to(ctx, flags, placement.names, "overflow")
+            assert seen is not None
+            if np.any(seen > 0):
+                return ("overflow", [layer for layer, f in zip(plan.layers, seen, strict=True) if f > 0])
+        revealed = {}
+        for name in graph.outputs:
+            out = reveal_to(ctx, values.get(name), placement.output_receivers[name], name)
+            if out is not None:
+                revealed[name] = out
+        return ("outputs", revealed)
+
+    def _overflow_error(self, layers: list[str]) -> FixedPointOverflowError:
+        later = f" (and after it in {layers[1:]})" if len(layers) > 1 else ""
+        attempts = self.reruns + 1
+        return FixedPointOverflowError(
+            f"fixed-point overflow in layer {layers[0]!r}{later}: some |value| exceeded the bound "
+            f"{self.overflow_bound:g} in {attempts} attempt{'s' if attempts > 1 else ''} with fresh randomness, "
+            "so it is not a rare truncation error: this input drives the model out of the fixed-point range. "
+            "No output was revealed. Scale the input as the model expects (e.g. the training data's "
+            f"normalisation), or raise overflow_bound (below 2^{62 - 2 * self.program.numerics.frac_bits}) if "
+            "the model's activations are legitimately this large."
+        )
 
     def param_share(self, party: str, name: str) -> Shared:
         """One party's share of a parameter (for tests of what a party holds)."""
