@@ -33,6 +33,59 @@ def test_inspect_prints_nodes_shapes_parameters_and_placement(saved_model, capsy
     assert "server0" in out and "dealer" in out and "model_owner" in out
 
 
+def _table(out: str) -> list[dict[str, str]]:
+    """The rows of inspect's table, cut at the columns its dashes line marks."""
+    lines = out.splitlines()
+    rule = next(i for i, line in enumerate(lines) if set(line) <= {"-", " "} and line.strip())
+    spans, start = [], 0
+    for dashes in lines[rule].split("  "):
+        spans.append((start, start + len(dashes)))
+        start += len(dashes) + 2
+    header = [lines[rule - 1][a:b].strip() for a, b in spans]
+    rows = []
+    for line in lines[rule + 1:]:
+        if " rows; total parameters" in line:
+            break
+        rows.append(dict(zip(header, (line[a:b].strip() for a, b in spans))))
+    return rows
+
+
+def test_inspect_rows_name_every_value_they_use_and_export_counts_them_alike(saved_model, tmp_path, capsys):
+    assert main(["inspect", str(saved_model)]) == 0
+    out = capsys.readouterr().out
+    rows = _table(out)
+    produced = [row["output"] for row in rows]
+    used = [name for row in rows for name in row["inputs"].split(", ") if name]
+    assert used and set(used) <= set(produced)  # every input of a row is the output of a row above it
+    assert len(set(produced)) == len(rows)
+    program, _ = load_program_from(saved_model)
+    n_in, n_nodes = len(program.graph.inputs), len(program.graph.nodes)
+    assert len(rows) == n_in + n_nodes
+    assert f"{n_in} input + {n_nodes} nodes = {len(rows)} rows" in out
+    assert main(["export", str(saved_model), str(tmp_path / "ir")]) == 0
+    assert f"({n_in} input + {n_nodes} nodes = {len(rows)} rows as in inspect;" in capsys.readouterr().out
+
+
+def load_program_from(path):
+    import keras
+
+    from frontends.keras.importer import to_ir
+
+    return to_ir(keras.models.load_model(path, compile=False))
+
+
+@pytest.mark.parametrize("command", ["launch", "party"])
+def test_launch_and_party_options_all_have_help(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "--cluster FILE" in out and "the cluster file (TOML)" in out
+    if command == "launch":
+        assert "--timeout SECONDS" in out and "stop every party if the run takes longer (default 600)" in out
+    else:
+        assert "which party of the file this process is" in out
+
+
 def test_export_writes_a_loadable_program(saved_model, tmp_path, capsys):
     out_dir = tmp_path / "ir"
     assert main(["export", str(saved_model), str(out_dir)]) == 0
