@@ -14,7 +14,7 @@ import keras
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from frontends.keras import privatize
+from privacy_bridge import privatize
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--quick", action="store_true")

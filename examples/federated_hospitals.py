@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from bridge.federated.splits import load_digits_clients
-from frontends.keras import privatize
+from privacy_bridge import privatize
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--quick", action="store_true")

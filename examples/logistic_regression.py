@@ -14,7 +14,7 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from frontends.keras import privatize
+from privacy_bridge import privatize
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--quick", action="store_true")
