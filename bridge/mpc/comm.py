@@ -235,9 +235,10 @@ class Messenger:
         self.stats.add(self.party, self.current_label, nbytes, 1)
 
     def recv(self, peer: str) -> np.ndarray:
+        frame = self._recv_frame(peer)
         try:
-            return wire.decode_frame(self._recv_frame(peer))
-        except wire.WireError as exc:
+            return wire.decode_frame(frame)
+        except Exception as exc:  # whatever a peer's bytes trip, it is that peer's fault: say so
             raise PeerError(f"party {self.party!r} rejected a message from {peer!r}: {exc}") from exc
 
     def exchange(self, peer: str, arrays: list[np.ndarray], bits: list[int] | None = None) -> list[np.ndarray]:
@@ -257,9 +258,10 @@ class Messenger:
         self.stats.add(self.party, self.current_label, len(data), 0)
 
     def recv_bytes(self, peer: str) -> bytes:
+        frame = self._recv_frame(peer)
         try:
-            return wire.decode_bytes(self._recv_frame(peer))
-        except wire.WireError as exc:
+            return wire.decode_bytes(frame)
+        except Exception as exc:  # whatever a peer's bytes trip, it is that peer's fault: say so
             raise PeerError(f"party {self.party!r} rejected a message from {peer!r}: {exc}") from exc
 
     @staticmethod
