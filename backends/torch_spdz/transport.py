@@ -83,11 +83,11 @@ class GlooTransport(PeerTransport):
         self._rendezvous_server: RendezvousServer | None = None
         self._rendezvous_client: RendezvousClient | None = None
         deadline = time.monotonic() + self.timeout_s
+        store = self._rendezvous_store()
         try:
-            store = self._rendezvous_store()
             self._announce(store, "up", deadline, "did not show up")
-        except BaseException:
-            self._close_rendezvous()
+        except BaseException as exc:
+            self._give_up(store, exc)
             raise
         options = dist.ProcessGroupGloo._Options()
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=cluster.party(party).host)]
@@ -95,7 +95,7 @@ class GlooTransport(PeerTransport):
         try:
             self._group = dist.ProcessGroupGloo(store, self.rank, len(cluster.parties), options)
         except RuntimeError as exc:
-            self._close_rendezvous()
+            self._give_up(store, exc)
             raise PeerError(
                 f"party {party!r} could not connect its gloo links to every party: {exc}. "
                 "A party died during setup, or a host/firewall blocks the connection."
@@ -104,9 +104,9 @@ class GlooTransport(PeerTransport):
             if self.credentials is not None:
                 self._handshake(self.credentials, max(deadline - time.monotonic(), 1.0))
             self._announce(store, "connected", time.monotonic() + self.timeout_s, "died while connecting")
-        except BaseException:
+        except BaseException as exc:
             self._group.shutdown()
-            self._close_rendezvous()
+            self._give_up(store, exc)
             raise
         store.set(f"passed/{party}", "1")
         self._store: dist.Store | None = store
@@ -116,6 +116,7 @@ class GlooTransport(PeerTransport):
         ]
         for t in self._threads:
             t.start()
+        self._start_heartbeats()
 
     # -- setup ------------------------------------------------------------------------------
     def _rendezvous_store(self) -> dist.Store:
@@ -166,11 +167,13 @@ class GlooTransport(PeerTransport):
         try:
             self._rendezvous_client = RendezvousClient(host, port, credentials, server, self.timeout_s)
         except RendezvousUnreachable as exc:
+            self._close_rendezvous()
             raise PeerError(
                 f"party {self.party!r} could not reach the rendezvous at {where} within {self.timeout_s:g} s: "
                 f"party {server!r} (rank 0), which serves it, did not show up ({exc})"
             ) from exc
         except RendezvousError as exc:
+            self._close_rendezvous()
             raise PeerError(
                 f"party {self.party!r} could not join the rendezvous at {where}, served by party {server!r} "
                 f"(rank 0), within {self.timeout_s:g} s: {exc}"
@@ -182,6 +185,27 @@ class GlooTransport(PeerTransport):
             self._rendezvous_client.close()
         if self._rendezvous_server is not None:
             self._rendezvous_server.close()
+
+    def _serves_rendezvous(self) -> bool:
+        return self.rank == 0 and not self.cluster.external_rendezvous
+
+    def _give_up(self, store: dist.Store, exc: BaseException) -> None:
+        """Setup failed here.  Rank 0 serves the store: it leaves its reason there for the
+        others (so they name the party that is really missing) and stops serving a second
+        later, when they have read it."""
+        if not self._serves_rendezvous():
+            self._close_rendezvous()
+            return
+        try:
+            store.set(f"failed/{self.party}", str(exc)[:2000])
+        except Exception:  # noqa: BLE001 - the others will find the store gone instead
+            pass
+
+        def stop(keep: dist.Store = store) -> None:  # holds an insecure TCPStore open until then
+            self._close_rendezvous()
+            del keep
+
+        threading.Timer(1.0, stop).start()
 
     def _handshake(self, credentials: PartyCredentials, timeout_s: float) -> None:
         """Authenticate every peer and key a sealed channel with it (two exchanges)."""
@@ -223,9 +247,17 @@ class GlooTransport(PeerTransport):
         """Write ``stage/<me>`` and wait until every party has; name whoever has not."""
         store.set(f"{stage}/{self.party}", "1")
         pending = [p for p in self.cluster.names if p != self.party]
+        server = self.cluster.names[0]
         while pending:
             try:
+                if not self._serves_rendezvous() and not self.cluster.external_rendezvous \
+                        and store.check([f"failed/{server}"]):
+                    reason = store.get(f"failed/{server}").decode("utf-8", "replace")
+                    raise PeerError(f"party {self.party!r} stopped: party {server!r}, which serves the "
+                                    f"rendezvous, gave up: {reason}")
                 pending = [p for p in pending if not store.check([f"{stage}/{p}"])]
+            except PeerError:
+                raise
             except Exception as exc:  # noqa: BLE001 - the store's server (rank 0) went away
                 raise PeerError(
                     f"party {self.party!r} lost the rendezvous served by party {self.cluster.names[0]!r}: "
