@@ -194,8 +194,8 @@ def test_the_insecure_rendezvous_is_torch_s_open_store_the_positive_control():
     host, port = config.rendezvous_address
     try:
         outsider = dist.TCPStore(host, port, 2, False, timeout=datetime.timedelta(seconds=3))
-        outsider.set("privacy-bridge/passed/b", "forged")  # the key rank 0 waits on at close
-        assert ts["a"]._store.get("passed/b") == b"forged"  # rank 0 reads what the outsider wrote
+        outsider.set("privacy-bridge//failed/a", "forged")  # under the parties' PrefixStore
+        assert ts["a"]._store.get("failed/a") == b"forged"  # rank 0 reads what the outsider wrote
         del outsider
     finally:
         _close(ts)
