@@ -142,3 +142,84 @@ def test_default_placement_needs_one_owner_of_each_kind(cluster_file):
     )
     with pytest.raises(ClusterError, match="exactly one data_owner and one model_owner"):
         config.placement(["x"], ["y"])
+
+
+# -- keys: keygen, pinning, insecure --------------------------------------------------------------
+
+def test_keygen_makes_private_keys_0600_and_pins_the_certificates_in_the_file(cluster_file, capsys):
+    import stat
+
+    from bridge.security.keys import load_credentials
+    from frontends.cli import main
+
+    assert main(["keygen", "--cluster", str(cluster_file)]) == 0
+    keys = cluster_file.parent / "keys"
+    for name in ("server0", "server1", "dealer"):
+        assert stat.S_IMODE((keys / f"{name}.key").stat().st_mode) == 0o600
+        assert (keys / f"{name}.crt").read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    text = cluster_file.read_text()
+    assert text.lstrip().startswith("keys = 'keys'") and TOML.strip() in text  # the rest of the file is kept
+    config = load_cluster(cluster_file)
+    assert config.keys == str(keys)  # relative to the cluster file, stored absolute
+    creds = load_credentials(config, "server1")
+    assert sorted(creds.pinned_pem) == ["dealer", "server0", "server1"]
+    assert creds.party_of_certificate(creds.certificate("dealer").public_bytes(
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER)) == "dealer"
+    assert len({creds.fingerprint(n) for n in config.names}) == 3  # a fresh key per party
+    assert "keys = 'keys'" in capsys.readouterr().out
+    # a second run keeps the keys unless told otherwise
+    before = (keys / "dealer.key").read_bytes()
+    assert main(["keygen", "--cluster", str(cluster_file)]) == 2
+    assert "already holds keys" in capsys.readouterr().err
+    assert main(["keygen", "--cluster", str(cluster_file), "--force", "--party", "dealer"]) == 0
+    assert (keys / "dealer.key").read_bytes() != before
+    assert load_cluster(cluster_file).keys == str(keys)  # the keys line is written once
+
+
+def test_a_cluster_without_keys_or_insecure_is_refused_with_the_fix(cluster_file, capsys):
+    from bridge.security.keys import load_credentials
+
+    config = load_cluster(cluster_file)
+    with pytest.raises(ClusterError, match=r"pins no certificate for parties 'server0' \(no certificate\).*"
+                                           r"privacy-bridge keygen --cluster .*insecure = true"):
+        load_credentials(config, "server0")
+    insecure = cluster_from_dict({**__import__("tomllib").loads(TOML), "insecure": True})
+    assert load_credentials(insecure, "server0") is None
+    err = capsys.readouterr().err
+    assert "insecure = true" in err and "CLEARTEXT and UNAUTHENTICATED" in err
+    assert "insecure = true" in to_toml(insecure)
+
+
+def test_a_key_that_does_not_match_its_pinned_certificate_is_refused(cluster_file, tmp_path):
+    from bridge.security.keys import keygen, load_credentials
+
+    keygen(["server0", "server1", "dealer"], tmp_path / "a")
+    keygen(["server1"], tmp_path / "b")
+    raw = __import__("tomllib").loads(TOML)
+    raw["keys"] = "a"
+    raw["parties"][1]["key"] = "b/server1.key"  # relative to the cluster file's directory
+    config = cluster_from_dict(raw, base=tmp_path)
+    assert config.key_path("server1") == str(tmp_path / "b" / "server1.key")
+    load_credentials(config, "server0")  # the others are fine
+    with pytest.raises(ClusterError, match=r"party 'server1''s private key .*b/server1.key does not match the "
+                                           r"certificate the cluster pins for 'server1'"):
+        load_credentials(config, "server1")
+    raw["parties"][1].pop("key")
+    (tmp_path / "a" / "dealer.crt").unlink()
+    with pytest.raises(ClusterError, match=r"'dealer' \(.*dealer.crt does not exist\)"):
+        load_credentials(cluster_from_dict(raw, base=tmp_path), "server0")
+
+
+def test_an_inline_certificate_round_trips_through_to_toml(cluster_file, tmp_path):
+    import tomllib
+
+    from bridge.security.keys import keygen, load_credentials
+
+    keygen(["server0", "server1", "dealer"], tmp_path / "k")
+    raw = tomllib.loads(TOML)
+    raw["keys"] = str(tmp_path / "k")
+    raw["parties"][2]["certificate"] = (tmp_path / "k" / "dealer.crt").read_text()  # the PEM itself
+    config = cluster_from_dict(raw, base=tmp_path)
+    again = cluster_from_dict(tomllib.loads(to_toml(config)), base=tmp_path)
+    assert again == config
+    assert load_credentials(again, "dealer").pinned_pem["dealer"] == (tmp_path / "k" / "dealer.crt").read_bytes()
