@@ -8,15 +8,21 @@ pickled).
 * ``Deliver``: one message.  The sender's name and the message kind travel as call
   metadata (``pb-from``, ``pb-kind``); the handler puts the bytes into the inbox of
   that peer and answers empty.  A party sends with a blocking call, one at a time, so
-  messages arrive in order per pair; a call to a dead party fails at once
-  (UNAVAILABLE) and names it.  A sender the cluster does not know, or an unknown
+  messages arrive in order per pair; a call to a dead party fails within a probe
+  interval and names it (see Liveness).  A sender the cluster does not know, or an unknown
   kind, is refused with a gRPC error to the sender; a known peer that sends an
   unknown kind is dropped, so the receiver stops with an error too.
 * ``Hello``: answers with the party's name.  At startup each party calls it on every
   peer until each has answered or called it (waiting at most ``timeout_s``), which
   names a party that never shows up and catches a cluster file whose address leads
-  to the wrong party; while a receive waits, it is the liveness probe that tells a
-  dead peer (connection refused) from a slow one.
+  to the wrong party.
+
+Liveness.  Every party sends each peer a heartbeat (a ``Deliver`` of kind
+``HEARTBEAT``) every ``heartbeat_s`` (``PeerTransport``).  A peer declared dead is one
+whose port, which served it at startup, refuses a TCP connection: its process is gone.
+A paused or overloaded peer is not dead (the kernel still accepts connections for a
+stopped process): sends wait for it (``wait_for_ready``), and only ``timeout_s`` ends
+the wait.
 
 Messages above ``max_message_bytes`` are refused by gRPC itself at the receiver.
 
@@ -44,21 +50,17 @@ import grpc
 
 from bridge.cluster import ClusterConfig
 from bridge.mpc.comm import PeerError
-from bridge.mpc.distributed import KINDS, PeerTransport
+from bridge.mpc.distributed import DATA, KINDS, PeerTransport, port_refuses
 from bridge.security.keys import PartyCredentials, load_credentials, san_name
 
 SERVICE = "privacy_bridge.Party"
 DELIVER = f"/{SERVICE}/Deliver"
 HELLO = f"/{SERVICE}/Hello"
 FROM_KEY, KIND_KEY = "pb-from", "pb-kind"
-#: the longest a channel waits between connection attempts, and how long a call that
-#: found its channel down waits for one fresh attempt before the peer counts as dead
+#: the longest a channel waits between connection attempts (a paused peer is reached
+#: again this soon after it resumes), and how long a liveness probe waits for a TCP answer
 RECONNECT_BACKOFF_MS = 300
 RECONNECT_S = 1.0
-
-
-def _unavailable(exc: grpc.RpcError) -> bool:
-    return isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAVAILABLE
 
 
 class GrpcTransport(PeerTransport):
@@ -108,6 +110,7 @@ class GrpcTransport(PeerTransport):
         except BaseException:
             self._shutdown()
             raise
+        self._start_heartbeats()
 
     # -- TLS ----------------------------------------------------------------------------------
     def _add_port(self, listen: str) -> int:
@@ -212,17 +215,26 @@ class GrpcTransport(PeerTransport):
 
     def _send_frame(self, peer: str, kind: int, payload: bytes, timeout_s: float) -> None:
         metadata = ((FROM_KEY, self.party), (KIND_KEY, str(kind)))
+        # wait_for_ready: a channel whose last connection attempt failed (the peer was paused,
+        # or not up yet) waits for the next one instead of failing at once, so a message ends
+        # only delivered, refused, at timeout_s, or when the peer's process is gone (_probe).
+        call = self._deliver_calls[peer].future(payload, timeout=timeout_s, metadata=metadata, wait_for_ready=True)
         try:
-            try:
-                self._deliver_calls[peer](payload, timeout=timeout_s, metadata=metadata)
-            except grpc.RpcError as first:
-                if not _unavailable(first):
-                    raise
-                # The channel may only remember an old failure (the peer was not up yet when
-                # it first tried): wait for one fresh connection attempt before calling it dead.
-                self._deliver_calls[peer](
-                    payload, timeout=min(timeout_s, RECONNECT_S), metadata=metadata, wait_for_ready=True
-                )
+            while True:
+                try:
+                    call.result(timeout=self.probe_every_s)
+                    return
+                except grpc.FutureTimeoutError:
+                    if kind != DATA:
+                        continue
+                    if self._failed is not None:  # another party failed meanwhile: stop waiting
+                        call.cancel()
+                        self._check_usable()
+                    dead = self._probe(peer) if self.silent_for(peer) >= 2 * self.heartbeat_s else None
+                    if dead is not None:
+                        call.cancel()
+                        self._peer_gone(peer, dead)
+                        raise RuntimeError(dead) from None
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
@@ -234,20 +246,14 @@ class GrpcTransport(PeerTransport):
             ) from exc
 
     def _probe(self, peer: str) -> str | None:
-        """Alive if it answers at once; dead if it still refuses after a fresh connection
-        attempt (a refusal at once may be the channel remembering an old failure)."""
-        metadata = ((FROM_KEY, self.party),)
-        try:
-            self._hello_calls[peer](b"", timeout=RECONNECT_S, metadata=metadata)
-            return None
-        except grpc.RpcError as exc:
-            if not _unavailable(exc):
-                return None  # slow, not gone: the receive timeout decides
-        try:
-            self._hello_calls[peer](b"", timeout=RECONNECT_S, metadata=metadata, wait_for_ready=True)
-            return None
-        except grpc.RpcError as exc:
-            return f"party {peer!r} at {self._address(peer)} is unreachable: it died or was killed ({exc.details()})"
+        """Dead only if the peer's port, which served it at startup, refuses a connection
+        now: its process is gone.  A paused process's port still accepts (the kernel
+        answers for it), and a late answer is left to the timeout."""
+        entry = self.cluster.party(peer)
+        if port_refuses(entry.host, entry.port, RECONNECT_S):
+            return (f"party {peer!r} at {self._address(peer)} refuses connections: its process is gone "
+                    "(it died or was killed)")
+        return None
 
     def _shutdown(self) -> None:
         for channel in self._channels.values() if hasattr(self, "_channels") else ():

@@ -302,11 +302,8 @@ class GlooTransport(PeerTransport):
             try:
                 self._group.recv([header], rank, TAG).wait(IDLE_WAIT)
             except Exception as exc:  # noqa: BLE001 - gloo reports a dropped pair as RuntimeError
-                self._peer_gone(
-                    peer,
-                    f"party {peer!r}'s connection closed without a goodbye: it died or was killed "
-                    f"({_first_line(exc)})",
-                )
+                # gloo also drops a pair whose send waited timeout_s: a stalled peer, not a dead one
+                self._peer_gone(peer, self._link_closed(peer, _first_line(exc)))
                 break
             kind, length = (int(v) for v in header.tolist())
             expected = kind == SEALED and length >= overhead if channel is not None else kind in KINDS

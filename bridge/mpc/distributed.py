@@ -10,21 +10,41 @@ session, a training loop or any other SPMD protocol written against a
 per peer, filled by the engine's receiving side (gloo threads for torch-spdz, gRPC
 handlers for tf-pond), and the fault rules, which are the embedded mode's:
 
-* a message that does not arrive within ``timeout_s`` is an error naming the peer;
+* a message that does not arrive within ``timeout_s`` is an error naming the party
+  that stalled: the awaited peer if it fell silent, or the silent party it is itself
+  waiting for (see heartbeats below);
 * a peer whose connection drops without a goodbye (it died, was killed, or its host
-  went away) is named as soon as the engine notices, not after the timeout;
-* a party that fails tells every peer why (an abort notice), and every peer then
-  stops with an error that names it, as ``InMemoryNetwork.abort`` does;
+  went away) is named as soon as the engine notices, not after the timeout; nothing
+  else declares a peer dead before ``timeout_s`` (a paused or slow peer is waited for);
+* a party that fails tells every peer that it failed (an abort notice), and every
+  peer then stops with an error that names it, as ``InMemoryNetwork.abort`` does;
 * a malformed message is rejected with a ``PeerError`` at the receiver.
 
-Control notices ride in the transport's own header, never in protocol frames, so the
-byte and round counts of ``Messenger`` are those of the embedded mode exactly.
+Abort notices carry no secrets.  An error's message may quote private values (an
+input check says what magnitude it refused), so a notice says only the error's
+kind, its exception class name, and which parties the failing one found dead or
+stalled (``abort_notice``); the message stays with the failing party, which raises
+it.  A receiver reads a notice through the same filter, so a peer cannot make it
+print arbitrary text either.
+
+Heartbeats.  A background thread per peer sends it an empty ``HEARTBEAT`` every
+``heartbeat_s``, and every frame received (of any kind) stamps its sender as alive.
+So a waiting party knows which peers still run: when ``timeout_s`` passes, the error
+names the peer(s) whose heartbeats stopped, not a live peer that merely waits for
+them too.  A party that was itself paused does not count the pause against its
+peers (its deadline moves by the time it did not run).
+
+Control notices and heartbeats ride in the transport's own header, never in
+protocol frames, so the byte and round counts of ``Messenger`` are those of the
+embedded mode exactly.
 """
 
 from __future__ import annotations
 
 import atexit
 import queue
+import re
+import socket
 import threading
 import time
 from abc import abstractmethod
@@ -46,10 +66,78 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 #: message kinds in a transport header
-DATA, GOODBYE, ABORT = 0, 1, 2
-KINDS = (DATA, GOODBYE, ABORT)
+DATA, GOODBYE, ABORT, HEARTBEAT = 0, 1, 2, 3
+KINDS = (DATA, GOODBYE, ABORT, HEARTBEAT)
 #: how long a control notice (goodbye, abort) may take to deliver before it is given up
 CONTROL_TIMEOUT_S = 1.0
+#: a gap this long between two looks at an inbox means this process itself was not
+#: running (paused, suspended): that time is not counted against the peers
+PAUSED_S = 1.0
+#: what an abort notice may name as the error's kind: an identifier (an exception class name)
+_KIND = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,199}")
+
+
+class PeerFault(PeerError):
+    """A ``PeerError`` that knows which parties are to blame (dead or stalled); an abort
+    notice passes their names on, so that every party names the one that stalled."""
+
+    def __init__(self, message: str, culprits: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.culprits = culprits
+
+
+def abort_notice(error: BaseException | str) -> str:
+    """What a failure may tell the peers: ``Kind`` or ``Kind|party,party`` (the parties it
+    found dead or stalled), never the error's message, which may quote private values.
+
+    ``error`` is the exception, or a text that starts with its kind (``"ValueError: ..."``):
+    only that kind is kept, and a text that does not start with one becomes ``Error``.
+    """
+    if isinstance(error, BaseException):
+        kind, culprits = type(error).__name__, _culprits(error)
+    else:
+        head, _, rest = str(error).partition(":")
+        kind, _, names = head.strip().partition("|")
+        culprits = tuple(names.split(",")) if names and not rest else ()
+    if not _KIND.fullmatch(kind):
+        kind = "Error"
+    culprits = tuple(dict.fromkeys(c for c in culprits if _NAME.fullmatch(c)))
+    return f"{kind}|{','.join(culprits)}" if culprits else kind
+
+
+def _culprits(error: BaseException) -> tuple[str, ...]:
+    """The parties a ``PeerFault`` in ``error``'s chain (cause or context) blames."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PeerFault) and current.culprits:
+            return current.culprits
+        current = current.__cause__ or current.__context__
+    return ()
+
+
+def read_notice(payload: bytes, parties: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """A received abort notice as (kind, culprits): anything else a peer put there is dropped."""
+    kind, culprits = abort_notice(payload[:4096].decode("ascii", "replace")).partition("|")[::2]
+    return kind, tuple(c for c in culprits.split(",") if c in parties)
+
+
+def port_refuses(host: str, port: int, timeout_s: float) -> bool:
+    """Whether ``host:port`` refuses a TCP connection: nothing listens there any more.
+
+    A paused process's listening socket still accepts (the kernel answers for it) and a
+    busy or far host answers late, so only a refusal, on a port that served the peer
+    before, says that its process is gone.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
 
 
 @dataclass
@@ -63,11 +151,13 @@ class Inbox:
 
 
 class PeerTransport(Transport):
-    """Inboxes per peer, timeouts, goodbyes and abort notices; the engine moves the bytes.
+    """Inboxes per peer, timeouts, goodbyes, abort notices and heartbeats; the engine moves the bytes.
 
     A subclass sends with ``_send_frame`` and calls ``_deliver`` from its receiving
-    side; it may implement ``_probe`` to tell a dead peer from a slow one while a
-    receive waits (checked every ``probe_every_s``).
+    side, and calls ``_start_heartbeats`` once its links are up.  It may implement
+    ``_probe`` to tell a dead peer from a silent one while a receive waits (asked every
+    ``probe_every_s`` once the peer's heartbeats have stopped); a probe must answer
+    "dead" only when the peer's process is known to be gone, never for a slow one.
     """
 
     poll_s = 0.05
@@ -85,8 +175,17 @@ class PeerTransport(Transport):
         self.max_message_bytes = int(max_message_bytes)
         self._inbox = {p: Inbox() for p in self.peers}
         self._failed: str | None = None
+        #: the parties the abort notice that stopped this one blames
+        self._failed_blame: tuple[str, ...] = ()
         self._closed = False
         self._state = threading.Lock()
+        #: a heartbeat to every peer this often; a peer silent for ``stall_s`` is stalled
+        self.heartbeat_s = min(1.0, self.timeout_s / 10)
+        self.stall_s = max(3 * self.heartbeat_s, self.timeout_s / 2)
+        now = time.monotonic()
+        self._last_heard = dict.fromkeys(self.peers, now)
+        self._beating = threading.Event()
+        self._beats: list[threading.Thread] = []
 
     # -- the engine's side -----------------------------------------------------------------
     @abstractmethod
@@ -105,13 +204,22 @@ class PeerTransport(Transport):
 
     def _deliver(self, peer: str, kind: int, payload: bytes) -> None:
         """Called by the receiving side for each message from ``peer``."""
+        self._last_heard[peer] = time.monotonic()
         if kind == DATA:
             self._inbox[peer].messages.put(payload)
+        elif kind == HEARTBEAT:
+            pass
         elif kind == GOODBYE:
             self._inbox[peer].finished = True
             self._peer_gone(peer, f"party {peer!r} has finished and closed its connection")
         elif kind == ABORT:
-            self._fail(f"party {peer!r} failed: {payload.decode('utf-8', 'replace')}")
+            error_kind, blame = read_notice(payload, (self.party, *self.peers))
+            found = ""
+            if blame:
+                names = ", ".join("this party" if b == self.party else f"party {b!r}" for b in blame)
+                found = f"; it found {names} stalled or dead"
+            self._fail(f"party {peer!r} failed: {error_kind}{found} (the error's message stays with "
+                       f"party {peer!r}: see its own output)", blame or (peer,))
         else:
             self._peer_gone(peer, f"party {peer!r} sent a message of unknown kind {kind}; its connection was dropped")
 
@@ -121,10 +229,86 @@ class PeerTransport(Transport):
             if inbox.gone is None:
                 inbox.gone = reason
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, blame: tuple[str, ...] = ()) -> None:
         with self._state:
             if self._failed is None:
                 self._failed = reason
+                self._failed_blame = blame
+
+    # -- liveness ------------------------------------------------------------------------------
+    def _start_heartbeats(self) -> None:
+        """Send every peer a heartbeat every ``heartbeat_s`` until ``close`` (one thread per
+        peer, so that a peer that takes nothing in delays no other peer's heartbeats)."""
+        now = time.monotonic()
+        for peer in self.peers:
+            self._last_heard[peer] = max(self._last_heard[peer], now)
+        self._beats = [
+            threading.Thread(target=self._beat, args=(p,), name=f"heartbeat-{self.party}->{p}", daemon=True)
+            for p in self.peers
+        ]
+        for t in self._beats:
+            t.start()
+
+    def _beat(self, peer: str) -> None:
+        while not self._beating.wait(self.heartbeat_s):
+            if self._inbox[peer].gone is not None:
+                return
+            try:
+                # as patient as a message: an engine may drop a link whose send gave up (gloo
+                # does), and a paused peer must not lose its link before timeout_s
+                self._send_frame(peer, HEARTBEAT, b"", self.timeout_s)
+            except Exception:  # noqa: BLE001, S112 - a missed heartbeat is the peer's silence to judge
+                continue
+
+    def _stop_heartbeats(self) -> None:
+        self._beating.set()
+        for t in self._beats:
+            t.join(self.heartbeat_s + CONTROL_TIMEOUT_S)
+
+    def _link_closed(self, peer: str, detail: str) -> str:
+        """Why the engine's link to ``peer`` closed without a goodbye: it died, unless it had
+        been silent for ``stall_s`` (an engine may drop the link of a send that waited
+        ``timeout_s``: then the peer stalled)."""
+        silent = self.silent_for(peer)
+        if silent >= self.stall_s:
+            return (f"party {peer!r} has sent nothing, not even a heartbeat, for {silent:.1f} s and its link "
+                    f"timed out: it is stalled (paused, hung or overloaded) or cut off ({detail})")
+        return f"party {peer!r}'s connection closed without a goodbye: it died or was killed ({detail})"
+
+    def silent_for(self, peer: str) -> float:
+        """Seconds since anything, a heartbeat included, arrived from ``peer``."""
+        return time.monotonic() - self._last_heard[peer]
+
+    def _stalled(self) -> dict[str, float]:
+        """Peers still connected whose heartbeats stopped ``stall_s`` ago or more, with their silence."""
+        silent = {p: self.silent_for(p) for p in self.peers if self._inbox[p].gone is None}
+        return {p: s for p, s in silent.items() if s >= self.stall_s}
+
+    def _silence_reason(self, peer: str) -> tuple[str, tuple[str, ...]]:
+        """Why ``peer`` sent nothing in ``timeout_s``, and whom to blame: ``peer`` if its
+        heartbeats stopped (or it is gone); else the stalled parties it is likely waiting for."""
+        stalled = self._stalled()
+        for other in list(stalled):  # a stalled peer may be a dead one: say so if the engine can tell
+            dead = self._probe(other)
+            if dead is not None:
+                self._peer_gone(other, dead)
+        if self._inbox[peer].gone is not None:
+            return f"; {self._inbox[peer].gone}", (peer,)
+        if peer in stalled:
+            return (f", not even a heartbeat, for {stalled[peer]:.1f} s: it is stalled (paused, hung or "
+                    "overloaded) or cut off from this party", (peer,))
+        others = {p: s for p, s in stalled.items() if p != peer}
+        gone = [p for p in self.peers if p != peer and self._inbox[p].gone is not None
+                and not self._inbox[p].finished]
+        if others or gone:
+            blamed = (*others, *gone)
+            what = [f"party {p!r} has sent nothing, not even a heartbeat, for {s:.1f} s: it is stalled (paused, "
+                    "hung or overloaded) or cut off" for p, s in others.items()]
+            what += [f"party {p!r} is gone ({self._inbox[p].gone})" for p in gone]
+            return (f"; it is alive (its heartbeats arrive), so it is likely waiting itself: {'; '.join(what)}",
+                    blamed)
+        return ("; it is alive (its heartbeats arrive) but busy or stuck, or the parties run different "
+                "programs", (peer,))
 
     # -- Transport ---------------------------------------------------------------------------
     def _check_peer(self, peer: str) -> Inbox:
@@ -138,7 +322,7 @@ class PeerTransport(Transport):
 
     def _check_usable(self) -> None:
         if self._failed is not None:
-            raise PeerError(f"party {self.party!r} stopped: {self._failed}")
+            raise PeerFault(f"party {self.party!r} stopped: {self._failed}", self._failed_blame)
         if self._closed:
             raise PeerError(f"party {self.party!r} has closed its transport; connect again to run more")
 
@@ -151,22 +335,29 @@ class PeerTransport(Transport):
                 f"{self.max_message_bytes} (max_message_bytes in the cluster file)"
             )
         if inbox.gone is not None:
-            raise PeerError(f"party {self.party!r} cannot send to {peer!r}: {inbox.gone}")
+            raise PeerFault(f"party {self.party!r} cannot send to {peer!r}: {inbox.gone}", (peer,))
         try:
             self._send_frame(peer, DATA, message, self.timeout_s)
         except PeerError:
             raise
         except Exception as exc:  # noqa: BLE001 - engine errors become one clear PeerError
-            reason = f"party {self.party!r} could not deliver a message to party {peer!r} at " \
-                     f"{self._address(peer)}: it died or is unreachable ({_first_line(exc)})"
+            where = f"party {self.party!r} could not deliver a message to party {peer!r} at {self._address(peer)}"
+            if inbox.gone is not None:
+                reason = f"{where}: {inbox.gone}"
+            elif self.silent_for(peer) >= self.stall_s:
+                reason = (f"{where} within {self.timeout_s:g} s: it took nothing in and has sent nothing, not even "
+                          f"a heartbeat, for {self.silent_for(peer):.1f} s: it is stalled (paused, hung or "
+                          f"overloaded) or cut off ({_first_line(exc)})")
+            else:
+                reason = f"{where}: it died or is unreachable ({_first_line(exc)})"
             self._peer_gone(peer, reason)
-            raise PeerError(reason) from exc
+            raise PeerFault(reason, (peer,)) from exc
 
     def recv(self, peer: str) -> bytes:
         inbox = self._check_peer(peer)
-        start = time.monotonic()
+        start = last = time.monotonic()
         deadline = start + self.timeout_s
-        next_probe = start + self.probe_every_s
+        next_probe = start
         while True:
             self._check_usable()
             try:
@@ -178,28 +369,38 @@ class PeerTransport(Transport):
                 try:
                     return inbox.messages.get_nowait()  # arrived just before the peer left
                 except queue.Empty:
-                    raise PeerError(
-                        f"party {self.party!r} expected a message from party {peer!r}, but {inbox.gone}"
+                    raise PeerFault(
+                        f"party {self.party!r} expected a message from party {peer!r}, but {inbox.gone}", (peer,)
                     ) from None
             now = time.monotonic()
-            if now >= next_probe:
+            if now - last >= PAUSED_S:
+                deadline += now - last  # this process did not run: its peers had no chance to be heard
+            last = now
+            if now >= next_probe and self.silent_for(peer) >= 2 * self.heartbeat_s:
                 reason = self._probe(peer)
                 if reason is not None:
                     self._peer_gone(peer, reason)
+                    continue
                 next_probe = time.monotonic() + self.probe_every_s
             if now >= deadline:
-                raise PeerError(
+                why, culprits = self._silence_reason(peer)
+                raise PeerFault(
                     f"party {self.party!r} waited {self.timeout_s:g} s for party {peer!r} at "
-                    f"{self._address(peer)}, which sent nothing: it is dead or stuck"
+                    f"{self._address(peer)}, which sent nothing{why}", culprits
                 )
 
     def abort(self, reason: str) -> None:
-        """Tell every peer that this party failed, and why; later sends and receives refuse."""
+        """Tell every peer that this party failed; later sends and receives refuse.
+
+        The peers learn only ``abort_notice(reason)``: the error's kind and the parties
+        it blames, never the rest of ``reason`` (the message, which may quote private
+        values); that stays here.
+        """
         with self._state:
             if self._closed or self._failed is not None:
                 return
             self._failed = f"it failed itself: {reason}"
-        notice = f"{reason}"[:4000].encode("utf-8")
+        notice = abort_notice(reason).encode("ascii")
         for peer in self.peers:
             if self._inbox[peer].gone is None:
                 try:
@@ -214,6 +415,7 @@ class PeerTransport(Transport):
             if self._closed:
                 return
             self._closed = True
+        self._stop_heartbeats()  # none may follow a goodbye
         for peer in self.peers:
             inbox = self._inbox[peer]
             if inbox.gone is not None and not (inbox.finished and self.goodbye_to_finished):
@@ -265,7 +467,7 @@ class DistributedParty:
         try:
             return {self.party: fn(self.contexts[self.party])}
         except BaseException as exc:
-            self.transport.abort(f"{type(exc).__name__}: {exc}")
+            self.transport.abort(abort_notice(exc))  # its kind, never its message: that is raised here only
             if isinstance(exc, PeerError) or not isinstance(exc, Exception):
                 raise
             if isinstance(exc, (ValueError, TypeError, KeyError)):

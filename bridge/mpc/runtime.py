@@ -3,7 +3,10 @@
 Each party has its own ``PartyContext`` (its shares, its seeds, its messenger) and
 talks to the others only through the in-memory network.  If one party raises,
 the network is aborted so that the others stop waiting, and the first real error
-is re-raised in the caller with the party's name.
+is re-raised in the caller with the party's name.  The others learn only which
+party failed and the error's kind, as over a process transport: its message may
+quote that party's private values, so only the failing party's own error (which
+the caller, who runs every party here, receives) carries it.
 """
 
 from __future__ import annotations
@@ -88,7 +91,9 @@ class ThreadedParties:
                 results[name] = fn(self.contexts[name])
             except BaseException as exc:  # noqa: BLE001 - re-raised below with the party's name
                 errors[name] = exc
-                self.network.abort(f"party {name!r} failed: {type(exc).__name__}: {exc}")
+                # the kind, never the message: the other parties must not read this party's values
+                self.network.abort(f"party {name!r} failed: {type(exc).__name__} (the error's message "
+                                   f"stays with party {name!r})")
 
         threads = [threading.Thread(target=body, args=(n,), name=f"party-{n}", daemon=True) for n in names]
         for t in threads:
