@@ -3,10 +3,11 @@
 TensorFlow's int64 Add/Sub/Mul/Neg wrap modulo 2^64, ``tf.bitwise.right_shift`` is
 arithmetic on signed types, and ``tf.linalg.matmul`` has an exact int64 CPU kernel
 (each checked against Python integers in ``tests/backends/test_ring_kernels.py``).
-Measured with ``scripts/bench_kernels.py`` (TF 2.21, 2-core AVX-512 EPYC), the int64
-matmul is faster than an exact float64 limb-product path for every shape we run
-((128, 784) @ (784, 128): 2.5 ms int64, 3.9 ms limbs under tf.function), so there is
-no limb path here.
+``matmul`` has three exact paths: that int64 kernel and two float64 limb layouts
+(``bridge.mpc.limbs``, each one traced ``tf.function`` per K-chunk).  Which is fastest
+depends on the host (int64 2.5 ms against 3.9 ms for limbs on one 2-core EPYC for
+(128, 784) @ (784, 128), the other way round elsewhere), so ``matmul="auto"`` times
+them once per shape class and caches the choice (``bridge.mpc.calibration``).
 
 TensorFlow is imported by this module only; the tf-pond backend imports this module
 only when it makes its kernels.
@@ -14,13 +15,18 @@ only when it makes its kernels.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from bridge.mpc.calibration import KernelChooser
 from bridge.mpc.kernels import RingKernels
+from bridge.mpc.limbs import LIMBS16, SCHEMES, LimbScheme, chunk_size, pairs_per_sum
 from bridge.mpc.numpy_kernels import (
     as_int64_array,
     check_matmul,
@@ -37,10 +43,78 @@ def _wrap64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+#: the exact matmul paths, in order of preference on a tie
+PATHS = ("int64", "limbs", "limbs16") if sys.byteorder == "little" else ("int64", "limbs")
+
+
+def _intra_op_threads() -> int:
+    return tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
+
+
+def _limb_stack(x: tf.Tensor, scheme: LimbScheme) -> tf.Tensor:
+    """(L, *x.shape) float64 digits of x: x = sum_i d_i 2^(w i) mod 2^64."""
+    if scheme is LIMBS16:  # the four 16-bit words of each int64, little-endian: a bitcast
+        words = tf.cast(tf.bitcast(x, tf.uint16), tf.float64)  # (..., 4)
+        return tf.transpose(words, [2, 0, 1])
+    offset = sum(1 << (w - 1 + scheme.width * i) for i, w in enumerate(scheme.widths))
+    y = x + tf.constant(_wrap64(offset), tf.int64)
+    digits = []
+    for i, w in enumerate(scheme.widths):
+        shifted = tf.bitwise.right_shift(y, tf.constant(scheme.width * i, tf.int64)) if i else y
+        digit = tf.bitwise.bitwise_and(shifted, tf.constant((1 << w) - 1, tf.int64))
+        digits.append(tf.cast(digit, tf.float64) - float(1 << (w - 1)))
+    return tf.stack(digits)
+
+
+def _chunk_product(scheme: LimbScheme, group: int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """a @ b mod 2^64 for one K-chunk, as one traced function for every shape:
+    [A_0; ...; A_{L-1-j}] @ B_j per limb of B, each S_t summed in float64 by ``group``."""
+    count, width = scheme.count, scheme.width
+    spec = tf.TensorSpec([None, None], tf.int64)
+
+    @tf.function(input_signature=[spec, spec])
+    def product(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        m, k, n = tf.shape(a)[0], tf.shape(a)[1], tf.shape(b)[1]
+        a_limbs, b_limbs = _limb_stack(a, scheme), _limb_stack(b, scheme)
+        products = [
+            tf.reshape(tf.matmul(tf.reshape(a_limbs[: count - j], [-1, k]), b_limbs[j]), [count - j, m, n])
+            for j in range(count)
+        ]
+        out = tf.zeros([m, n], tf.int64)
+        for t in range(count):
+            for first in range(0, t + 1, group):
+                terms = [products[t - i][i] for i in range(first, min(t + 1, first + group))]
+                total = tf.cast(tf.add_n(terms), tf.int64)  # exact: an integer of magnitude <= 2^53
+                if t:
+                    total = tf.bitwise.left_shift(total, tf.constant(width * t, tf.int64))
+                out = out + total
+        return out
+
+    return product
+
+
 class TfKernels(RingKernels):
-    """Z_2^64 on tf.int64 eager tensors (CPU)."""
+    """Z_2^64 on tf.int64 eager tensors (CPU).
+
+    ``matmul``: "auto" times the exact paths once per shape class and uses the fastest;
+    "int64", "limbs" or "limbs16" force one.  ``kernel_cache``: where "auto" keeps its
+    timings (a directory; ``None``: the user's cache directory; ``False``: memory only).
+    """
 
     name = "tensorflow"
+
+    def __init__(self, matmul: str = "auto", kernel_cache: Path | str | None | bool = None) -> None:
+        if matmul != "auto" and matmul not in PATHS:
+            raise ValueError(f"matmul must be 'auto' or one of {list(PATHS)}; received {matmul!r}")
+        self.matmul_path = matmul
+        self.chooser = KernelChooser(
+            host={"backend": "tensorflow", "framework": f"tensorflow {tf.__version__}", "device": "cpu"},
+            candidates=PATHS,
+            threads=_intra_op_threads,
+            cache=Path(kernel_cache) if isinstance(kernel_cache, str) else kernel_cache,
+            forced=None if matmul == "auto" else matmul,
+        )
+        self._products: dict[tuple[str, int], Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {}
 
     # -- conversion ---------------------------------------------------------------------------
     def from_numpy(self, array: np.ndarray) -> tf.Tensor:
@@ -85,9 +159,45 @@ class TfKernels(RingKernels):
         return tf.bitwise.left_shift(a, tf.constant(check_shift(bits), dtype=tf.int64))
 
     # -- linear algebra -----------------------------------------------------------------------
+    def matmul_path_for(self, m: int, k: int, n: int) -> str:
+        """The exact path ``matmul`` takes for (m, k) @ (k, n) (timed on first use under "auto")."""
+        return self.chooser.choose("matmul", (m, k, n), lambda path: self._bench(path, m, k, n))
+
+    def _bench(self, path: str, m: int, k: int, n: int) -> Callable[[], None]:
+        a = tf.reshape(tf.range(m * k, dtype=tf.int64) * _wrap64(0x9E3779B97F4A7C15), (m, k))
+        b = tf.reshape(tf.range(k * n, dtype=tf.int64) * 0x632BE59BD9B4E019, (k, n))
+
+        def run() -> None:
+            self._matmul_by(path, a, b).numpy()  # numpy(): wait for the result
+
+        return run
+
     def matmul(self, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
         check_matmul(tuple(a.shape), tuple(b.shape))
-        return tf.linalg.matmul(a, b)
+        (m, k), n = a.shape, b.shape[1]
+        return self._matmul_by(self.matmul_path_for(m, k, n), a, b)
+
+    def _matmul_by(self, path: str, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        if path == "int64":
+            return tf.linalg.matmul(a, b)
+        return self.limb_matmul(a, b, SCHEMES[path])
+
+    def limb_matmul(self, a: tf.Tensor, b: tf.Tensor, scheme: LimbScheme) -> tf.Tensor:
+        """a @ b mod 2^64 from float64 products of limbs, exact for any K (``bridge.mpc.limbs``)."""
+        (m, k), n = a.shape, b.shape[1]
+        if m == 0 or n == 0 or k == 0:
+            return tf.zeros((m, n), tf.int64)
+        size = chunk_size(k, scheme)
+        out = None
+        for k0 in range(0, k, size):
+            part = min(size, k - k0)
+            key = (scheme.name, min(scheme.count, pairs_per_sum(part, scheme)))
+            if key not in self._products:
+                self._products[key] = _chunk_product(scheme, key[1])
+            pieces = (a, b) if part == k else (a[:, k0 : k0 + part], b[k0 : k0 + part])
+            product = self._products[key](*pieces)
+            out = product if out is None else out + product
+        return out
 
     # -- layout ---------------------------------------------------------------------------------
     def sum(self, a: tf.Tensor, axis: int | tuple[int, ...], keepdims: bool = False) -> tf.Tensor:

@@ -3,29 +3,29 @@
 Elementwise int64 arithmetic in PyTorch wraps modulo 2^64 on both devices.  The one
 kernel that needs care is ``matmul``.  CUDA has no int64 matmul at all (``addmm_cuda``
 is not implemented for Long), so there it always runs as float64 products of 22-bit
-limbs, exact by construction (``limb_matmul``).  On CPU, PyTorch's int64 matmul is
-exact but single-threaded, while float64 matmul uses every core; ``auto`` picks per
-call (``matmul_path_for``), from these measurements (``scripts/bench_kernels.py``):
-
-  * 2 cores (EPYC, torch 2.13): int64 wins every shape we ran, e.g. (128, 784) @
-    (784, 128) 0.76 ms vs 3.0 ms for limbs: float64 is only 2-3x faster than int64
-    there, and the limb path needs six float64 products plus limb extraction.
-  * 16 cores (torch 2.11): float64 is 20-40x faster than int64.  Limbs win by 1.6-3.8x
-    from 2^27 multiply-adds up ((512, 512) @ (512, 512), (4096, 784) @ (784, 128),
-    (1024, 1024) @ (1024, 1024): 34 ms vs 131 ms) at 8 or 16 threads; below that the
-    outcome flips from run to run with threading overhead, so int64 is kept there.
+limbs, exact by construction.  On CPU there are three exact paths, and which is fastest
+depends on the host: PyTorch's int64 matmul (no BLAS: 1.3 ms for (128, 784) @
+(784, 128) on one Intel host, 27 ms on an AMD EPYC), and two float64 limb layouts
+(``bridge.mpc.limbs``: six products of 22-bit limbs, or ten of 16-bit limbs read by a
+dtype view).  ``matmul="auto"`` times them once per shape class on this host and
+caches the answer (``bridge.mpc.calibration``); ``privacy-bridge bench --kernels``
+prints the table.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bridge.mpc.calibration import KernelChooser
 from bridge.mpc.kernels import RingKernels
+from bridge.mpc.limbs import LIMBS16, LIMBS22, SCHEMES, LimbScheme, chunk_size, pairs_per_sum
 from bridge.mpc.numpy_kernels import (
     as_int64_array,
     check_matmul,
@@ -36,20 +36,18 @@ from bridge.mpc.numpy_kernels import (
     normalize_axis,
 )
 
-MatmulPath = Literal["auto", "int64", "limbs"]
+MatmulPath = Literal["auto", "int64", "limbs", "limbs16"]
+#: the exact CPU paths, in order of preference on a tie
+CPU_PATHS = ("int64", "limbs", "limbs16") if sys.byteorder == "little" else ("int64", "limbs")
 
-# Limb layout: x = sum_i d_i 2^(22 i) mod 2^64 with balanced digits d_i in
-# [-2^(w_i - 1), 2^(w_i - 1)) of widths (22, 22, 20).  A product d_i e_j with i + j >= 3
-# is shifted by at least 66 bits and vanishes mod 2^64, which leaves 6 pairs.
-LIMB_BITS = 22
-LIMB_WIDTHS = (22, 22, 20)
+# The CUDA layout (one batched matmul of all pairs): x = sum_i d_i 2^(22 i) mod 2^64 with
+# balanced digits of widths (22, 22, 20); pairs i + j < 3.
+LIMB_BITS = LIMBS22.width
+LIMB_WIDTHS = LIMBS22.widths
 LIMB_PAIRS = tuple((i, j) for i in range(3) for j in range(3) if i + j < 3)
 # |d_i e_j| <= 2^21 * 2^21 = 2^42, so a float64 dot product of length K is exact (every
 # partial sum is an integer of magnitude <= K * 2^42 <= 2^53) for K <= 2^11.
-MAX_EXACT_K = 2 ** (53 - 2 * (LIMB_BITS - 1))
-# CPU "auto" takes the limb path from this many threads and multiply-adds (measured).
-CPU_LIMB_MIN_THREADS = 8
-CPU_LIMB_MIN_MACS = 2**27
+MAX_EXACT_K = LIMBS22.max_terms
 # Elements per temporary.  On CPU, 2^21 (16 MiB) stays below glibc's 32 MiB mmap
 # threshold, above which every fresh temporary costs page faults (limb extraction for a
 # (4096, 784) operand: 164 ms in one piece).  On CUDA, larger batches mean fewer launches.
@@ -62,32 +60,53 @@ def _wrap64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def _offset(scheme: LimbScheme) -> int:
+    """x + offset has the plain digits d_i + 2^(w_i - 1) of the balanced ones."""
+    return _wrap64(sum(1 << (w - 1 + scheme.width * i) for i, w in enumerate(scheme.widths)))
+
+
 class TorchKernels(RingKernels):
     """Z_2^64 on torch int64 tensors.
 
     ``device``: "cpu" (default), "cuda", "cuda:1", or a ``torch.device``.
-    ``matmul``: "auto" picks the faster exact path per call (``matmul_path_for``);
-    "int64" and "limbs" force one (benchmarks, tests).  "int64" fails on CUDA.
+    ``matmul``: "auto" times the exact paths once per shape class and uses the fastest;
+    "int64", "limbs" (22-bit) or "limbs16" force one (benchmarks, tests).  CUDA has
+    only "limbs".  ``kernel_cache``: where "auto" keeps its timings (a directory;
+    ``None``: the user's cache directory; ``False``: memory only).
     """
 
     name = "torch"
 
-    def __init__(self, device: str | torch.device = "cpu", matmul: MatmulPath = "auto") -> None:
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        matmul: MatmulPath = "auto",
+        kernel_cache: Path | str | None | bool = None,
+    ) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(
                 f"TorchKernels(device={str(device)!r}) needs CUDA, but torch.cuda.is_available() is False "
                 f"(torch {torch.__version__}). Use device='cpu' or install a CUDA build of PyTorch."
             )
-        if matmul not in ("auto", "int64", "limbs"):
-            raise ValueError(f"matmul must be 'auto', 'int64' or 'limbs'; received {matmul!r}")
+        paths = CPU_PATHS if self.device.type == "cpu" else ("limbs",)
+        if matmul != "auto" and matmul not in paths:
+            raise ValueError(
+                f"matmul must be 'auto' or one of {list(paths)} on {self.device.type}; received {matmul!r}"
+            )
         self.matmul_path: MatmulPath = matmul
+        self.chooser = KernelChooser(
+            host={"backend": "torch", "framework": f"torch {torch.__version__}", "device": str(self.device)},
+            candidates=paths,
+            threads=torch.get_num_threads,
+            cache=Path(kernel_cache) if isinstance(kernel_cache, str) else kernel_cache,
+            forced=None if matmul == "auto" else matmul,
+        )
 
         dev = self.device
         shifts = [LIMB_BITS * i for i in range(len(LIMB_WIDTHS))]
         halves = [1 << (w - 1) for w in LIMB_WIDTHS]
-        # x + offset has the plain digits d_i + half_i: offset = sum_i half_i 2^(22 i).
-        self._limb_offset = _wrap64(sum(h << s for h, s in zip(halves, shifts, strict=True)))
+        self._limb_offset = _offset(LIMBS22)
         self._limb_shifts = torch.tensor(shifts, dtype=torch.int64, device=dev).view(-1, 1, 1)
         masks = [(1 << w) - 1 for w in LIMB_WIDTHS]
         self._limb_masks = torch.tensor(masks, dtype=torch.int64, device=dev).view(-1, 1, 1)
@@ -147,40 +166,96 @@ class TorchKernels(RingKernels):
 
     # -- linear algebra -----------------------------------------------------------------------
     def matmul_path_for(self, m: int, k: int, n: int) -> str:
-        """The exact path ``matmul`` takes for (m, k) @ (k, n): "int64" or "limbs"."""
-        if self.matmul_path != "auto":
-            return self.matmul_path
-        if self.device.type != "cpu":
-            return "limbs"
-        many_threads = torch.get_num_threads() >= CPU_LIMB_MIN_THREADS
-        return "limbs" if many_threads and m * k * n >= CPU_LIMB_MIN_MACS else "int64"
+        """The exact path ``matmul`` takes for (m, k) @ (k, n); on first use of a shape
+        class under "auto", the candidates are timed on this host (``KernelChooser``)."""
+        return self.chooser.choose("matmul", (m, k, n), lambda path: self._bench(path, m, k, n))
+
+    def _bench(self, path: str, m: int, k: int, n: int):
+        """One run of ``path`` on operands of this shape (values do not change the timing)."""
+        a = torch.arange(m * k, dtype=torch.int64, device=self.device).mul_(0x9E3779B97F4A7C15 - (1 << 64))
+        b = torch.arange(k * n, dtype=torch.int64, device=self.device).mul_(0x632BE59BD9B4E019)
+        a, b = a.view(m, k), b.view(k, n)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+
+        def run() -> None:
+            self._matmul_by(path, a, b)
+            sync()
+
+        return run
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         check_matmul(tuple(a.shape), tuple(b.shape))
         (m, k), n = a.shape, b.shape[1]
-        if self.matmul_path_for(m, k, n) == "int64":
+        return self._matmul_by(self.matmul_path_for(m, k, n), a, b)
+
+    def _matmul_by(self, path: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if path == "int64":
             return torch.matmul(a, b)
-        return self.limb_matmul(a, b)
+        return self.limb_matmul(a, b, SCHEMES[path])
 
-    def limb_matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """a @ b mod 2^64 from float64 products of 22-bit balanced limbs; exact for any K.
+    def limb_matmul(self, a: torch.Tensor, b: torch.Tensor, scheme: LimbScheme = LIMBS22) -> torch.Tensor:
+        """a @ b mod 2^64 from float64 products of limbs; exact for any K (``bridge.mpc.limbs``).
 
-        1. Write a = sum_i A_i 2^(22 i) and b = sum_j B_j 2^(22 j) (mod 2^64) with
-           integer digits |A_i|, |B_j| <= 2^21, held in float64.
-        2. Cut K into chunks of at most 2^11, so that A_i @ B_j over one chunk is an
-           integer of magnitude <= 2^53: computed exactly by any float64 matmul.
-        3. a @ b = sum over chunks and the 6 pairs i + j < 3 of
-           int64(A_i @ B_j) * 2^(22 (i + j)), summed in wrapping int64.
-        On CUDA the pairs and chunks go into one batched matmul (few kernel launches);
-        on CPU each pair is one 2-D matmul per block of rows (BLAS threads 2-D products
-        better than small batches; small temporaries avoid page faults).
+        On CPU the limbs of each K-chunk lie side by side, so that each S_t is one
+        float64 matmul (``_limb_matmul_blocked``); on CUDA all pairs and chunks go into
+        one batched matmul (few kernel launches).
         """
         (m, k), n = a.shape, b.shape[1]
         if m == 0 or n == 0 or k == 0:
             return torch.zeros((m, n), dtype=torch.int64, device=a.device)
         if a.device.type == "cpu":
-            return self._limb_matmul_blocked(a, b)
+            return self._limb_matmul_blocked(a, b, scheme)
         return self._limb_matmul_batched(a, b)
+
+    def _fill_limbs(self, x: torch.Tensor, out: list[torch.Tensor], scheme: LimbScheme) -> None:
+        """Write the float64 digits of x into ``out[i]`` (views of one buffer)."""
+        if scheme is LIMBS16:  # the four 16-bit words of each int64, little-endian: a view
+            words = x.contiguous().view(torch.uint16).view(*x.shape, 4)
+            for i, dest in enumerate(out):
+                dest.copy_(words[..., i])
+            return
+        y = torch.add(x, _offset(scheme))
+        for i, (dest, w) in enumerate(zip(out, scheme.widths, strict=True)):
+            digit = torch.bitwise_right_shift(y, scheme.width * i) if i else y
+            dest.copy_(torch.bitwise_and(digit, (1 << w) - 1))
+            dest.sub_(float(1 << (w - 1)))
+
+    def _limb_matmul_blocked(self, a: torch.Tensor, b: torch.Tensor, scheme: LimbScheme = LIMBS22) -> torch.Tensor:
+        """Per K-chunk and block of rows: A's limbs stacked along the rows, one float64
+        matmul per limb of B (``[A_0; ...; A_{L-1-j}] @ B_j``), each S_t summed in float64
+        while exact, then shifted into the int64 result."""
+        (m, k), n = a.shape, b.shape[1]
+        count, width = scheme.count, scheme.width
+        size = chunk_size(k, scheme)
+        rows = max(1, CPU_BLOCK_ELEMENTS // (count * max(size, n)))
+        out = torch.zeros((m, n), dtype=torch.int64, device=a.device)
+        for k0 in range(0, k, size):
+            part = min(size, k - k0)
+            group = pairs_per_sum(part, scheme)
+            b_limbs = torch.empty((count, part, n), dtype=torch.float64, device=a.device)
+            self._fill_limbs(b[k0 : k0 + part], list(b_limbs), scheme)
+            for r0 in range(0, m, rows):
+                block = a[r0 : r0 + rows, k0 : k0 + part]
+                height = block.shape[0]
+                a_limbs = torch.empty((count, height, part), dtype=torch.float64, device=a.device)
+                self._fill_limbs(block, list(a_limbs), scheme)
+                # products[j][i] = A_i @ B_j for i + j < count, exact integers in float64
+                products = [
+                    torch.mm(a_limbs[: count - j].view(-1, part), b_limbs[j]).view(count - j, height, n)
+                    for j in range(count)
+                ]
+                target = out[r0 : r0 + rows]
+                for t in range(count):
+                    for first in range(0, t + 1, group):
+                        terms = [products[t - i][i] for i in range(first, min(t + 1, first + group))]
+                        total = terms[0] if len(terms) == 1 else torch.add(terms[0], terms[1])
+                        for term in terms[2:]:
+                            total.add_(term)
+                        total = total.to(torch.int64)  # exact: an integer of magnitude <= 2^53
+                        if t:
+                            total.bitwise_left_shift_(width * t)
+                        target.add_(total)
+        return out
 
     def _limbs(self, x: torch.Tensor) -> torch.Tensor:
         """(3, *x.shape) float64 balanced digits: x = sum_i d_i 2^(22 i) mod 2^64."""
@@ -188,24 +263,6 @@ class TorchKernels(RingKernels):
             torch.bitwise_right_shift((x + self._limb_offset).unsqueeze(0), self._limb_shifts), self._limb_masks
         )
         return digits.to(torch.float64) - self._limb_halves
-
-    def _limb_matmul_blocked(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        (m, k), n = a.shape, b.shape[1]
-        chunks = -(-k // MAX_EXACT_K)
-        chunk = -(-k // chunks)
-        rows = max(1, CPU_BLOCK_ELEMENTS // (3 * max(chunk, n)))
-        out = torch.zeros((m, n), dtype=torch.int64, device=a.device)
-        for k0 in range(0, k, chunk):
-            b_limbs = self._limbs(b[k0 : k0 + chunk])
-            for r0 in range(0, m, rows):
-                a_limbs = self._limbs(a[r0 : r0 + rows, k0 : k0 + chunk])
-                block = out[r0 : r0 + rows]
-                for i, j in LIMB_PAIRS:
-                    product = torch.matmul(a_limbs[i], b_limbs[j]).to(torch.int64)  # exact
-                    if i + j:
-                        product.mul_(1 << (LIMB_BITS * (i + j)))
-                    block.add_(product)
-        return out
 
     def _limb_matmul_batched(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         (m, k), n = a.shape, b.shape[1]

@@ -1,9 +1,10 @@
 """Every RingKernels implementation against exact integer arithmetic modulo 2^64.
 
-One suite, parametrized over the NumPy reference, PyTorch (its CPU int64 matmul and
-its float64 limb matmul, the path CUDA uses, plus CUDA itself where present) and
-TensorFlow.  The oracle is Python's unbounded integers (NumPy object arrays), reduced
-to the signed representative in [-2^63, 2^63), never another backend.
+One suite, parametrized over the NumPy reference, PyTorch (CUDA too where present)
+and TensorFlow; the matmul tests run on every exact matmul path of each framework
+(int64, 22-bit limbs, 16-bit limbs, and the timed choice among them).  The oracle is
+Python's unbounded integers (NumPy object arrays), reduced to the signed
+representative in [-2^63, 2^63), never another backend.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 import torch  # noqa: F401  - torch before TensorFlow, as Keras' own tests do
 
 from bridge.mpc.kernels import RingKernels
+from bridge.mpc.limbs import LIMBS16, LIMBS22, LimbScheme, chunk_size, pairs_per_sum
 from bridge.mpc.numpy_kernels import NumpyKernels
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -24,31 +26,44 @@ EXTREMES = np.array([INT64_MIN, INT64_MIN + 1, -(2**32), -1, 0, 1, 2**32, INT64_
 
 
 def _make(name: str) -> RingKernels:
-    if name == "numpy":
+    """``framework`` or ``framework:path``: the timed choice (memory only) or one forced path."""
+    framework, _, path = name.partition(":")
+    if framework == "numpy":
         return NumpyKernels()
-    if name.startswith("torch"):
+    if framework.startswith("torch"):
         from backends.torch_spdz.kernels import TorchKernels
 
-        if name == "torch-cuda":
+        if framework == "torch-cuda":
             return TorchKernels(device="cuda")
-        return TorchKernels(matmul="limbs" if name == "torch-limbs" else "auto")
+        return TorchKernels(matmul=path or "auto", kernel_cache=False)
     pytest.importorskip("tensorflow")
     from backends.tf_pond.kernels import TfKernels
 
-    return TfKernels()
+    return TfKernels(matmul=path or "auto", kernel_cache=False)
 
 
-KERNELS = ["numpy", "torch", "torch-limbs", "tensorflow"]
+KERNELS = ["numpy", "torch", "tensorflow"]
 if torch.cuda.is_available():
     KERNELS.append("torch-cuda")
+#: every exact matmul path of every framework
+MATMUL_KERNELS = KERNELS + [f"{f}:{p}" for f in ("torch", "tensorflow") for p in ("int64", "limbs", "limbs16")]
 _made: dict[str, RingKernels] = {}
+
+
+def _ring(name: str) -> RingKernels:
+    if name not in _made:
+        _made[name] = _make(name)
+    return _made[name]
 
 
 @pytest.fixture(params=KERNELS)
 def ring(request) -> RingKernels:
-    if request.param not in _made:
-        _made[request.param] = _make(request.param)
-    return _made[request.param]
+    return _ring(request.param)
+
+
+@pytest.fixture(params=MATMUL_KERNELS)
+def matmul_ring(request) -> RingKernels:
+    return _ring(request.param)
 
 
 # -- the oracle -------------------------------------------------------------------------------
@@ -182,10 +197,10 @@ def test_mul_matches_python_integers(ring, data):
 @pytest.mark.parametrize(
     ("m", "k", "n"), [(1, 1, 1), (3, 7, 2), (9, 64, 5), (2, 2048, 3), (3, 2049, 2), (2, 5000, 3), (0, 3, 2), (2, 0, 3)]
 )
-def test_matmul_is_exact(ring, rng, m, k, n):
+def test_matmul_is_exact(matmul_ring, rng, m, k, n):
     a, b = ring_values(rng, (m, k)), ring_values(rng, (k, n))
     expected = wrap(exact(a) @ exact(b)) if k else np.zeros((m, n), dtype=np.int64)
-    same(ring, ring.matmul(ring.from_numpy(a), ring.from_numpy(b)), expected)
+    same(matmul_ring, matmul_ring.matmul(matmul_ring.from_numpy(a), matmul_ring.from_numpy(b)), expected)
 
 
 # Operands whose balanced 22-bit digits (the limb path's, widths 22, 22, 20) all sit at
@@ -195,29 +210,29 @@ LIMB_LOW = int(wrap(1 + 2**22 + 2**44 - (2**21 + 2**43 + 2**63)))
 LIMB_HIGH = int(wrap(-1 - (2**21 + 2**43 + 2**63)))
 
 
-@pytest.mark.parametrize("k", [2048, 2049, 4097])
+@pytest.mark.parametrize("k", [683, 1025, 2048, 2049, 4097])
 @pytest.mark.parametrize(
     "fill", [INT64_MIN, -1, INT64_MAX, LIMB_LOW, LIMB_HIGH], ids=["min", "minus-one", "max", "limb-low", "limb-high"]
 )
-def test_matmul_worst_case_digits(ring, k, fill):
+def test_matmul_worst_case_digits(matmul_ring, k, fill):
     a = np.full((2, k), fill, dtype=np.int64)
     b = np.full((k, 3), fill, dtype=np.int64)
     b[:, 1] = LIMB_HIGH
     b[:, 2] = INT64_MIN
-    same(ring, ring.matmul(ring.from_numpy(a), ring.from_numpy(b)), wrap(exact(a) @ exact(b)))
+    same(matmul_ring, matmul_ring.matmul(matmul_ring.from_numpy(a), matmul_ring.from_numpy(b)), wrap(exact(a) @ exact(b)))
 
 
-def test_matmul_on_views(ring, rng):
+def test_matmul_on_views(matmul_ring, rng):
     a, b = ring_values(rng, (5, 4)), ring_values(rng, (3, 5))
-    ta = ring.transpose(ring.from_numpy(a), (1, 0))  # (4, 5), not contiguous
-    tb = ring.transpose(ring.from_numpy(b), (1, 0))  # (5, 3)
-    same(ring, ring.matmul(ta, tb), wrap(exact(a).T @ exact(b).T))
+    ta = matmul_ring.transpose(matmul_ring.from_numpy(a), (1, 0))  # (4, 5), not contiguous
+    tb = matmul_ring.transpose(matmul_ring.from_numpy(b), (1, 0))  # (5, 3)
+    same(matmul_ring, matmul_ring.matmul(ta, tb), wrap(exact(a).T @ exact(b).T))
 
 
 @pytest.mark.parametrize(("shape_a", "shape_b"), [((2, 3), (4, 2)), ((2, 3, 4), (4, 2)), ((3,), (3, 1))])
-def test_matmul_refuses_other_shapes(ring, shape_a, shape_b):
+def test_matmul_refuses_other_shapes(matmul_ring, shape_a, shape_b):
     with pytest.raises(ValueError, match=r"\(M, K\) @ \(K, N\)"):
-        ring.matmul(ring.zeros(shape_a), ring.zeros(shape_b))
+        matmul_ring.matmul(matmul_ring.zeros(shape_a), matmul_ring.zeros(shape_b))
 
 
 matrix_dims = st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 4))
@@ -227,25 +242,37 @@ def _matrix(data, shape):
     return data.draw(hnp.arrays(np.int64, shape, elements=st.integers(INT64_MIN, INT64_MAX)))
 
 
+ring_or_extreme = st.one_of(st.sampled_from([int(v) for v in EXTREMES]), st.integers(INT64_MIN, INT64_MAX))
+
+
+@HYPOTHESIS
+@given(data=st.data(), dims=st.tuples(st.integers(1, 5), st.integers(1, 40), st.integers(1, 5)))
+def test_matmul_matches_python_integers(matmul_ring, data, dims):
+    m, k, n = dims
+    a = data.draw(hnp.arrays(np.int64, (m, k), elements=ring_or_extreme))
+    b = data.draw(hnp.arrays(np.int64, (k, n), elements=ring_or_extreme))
+    same(matmul_ring, matmul_ring.matmul(matmul_ring.from_numpy(a), matmul_ring.from_numpy(b)), wrap(exact(a) @ exact(b)))
+
+
 @HYPOTHESIS
 @given(data=st.data(), dims=matrix_dims)
-def test_matmul_distributes_over_add(ring, data, dims):
+def test_matmul_distributes_over_add(matmul_ring, data, dims):
     m, k, n = dims
     a, b, c = _matrix(data, (m, k)), _matrix(data, (k, n)), _matrix(data, (k, n))
-    ta, tb, tc = (ring.from_numpy(x) for x in (a, b, c))
-    left = ring.matmul(ta, ring.add(tb, tc))
-    right = ring.add(ring.matmul(ta, tb), ring.matmul(ta, tc))
-    np.testing.assert_array_equal(ring.to_numpy(left), ring.to_numpy(right))
-    same(ring, left, wrap(exact(a) @ (exact(b) + exact(c))))
+    ta, tb, tc = (matmul_ring.from_numpy(x) for x in (a, b, c))
+    left = matmul_ring.matmul(ta, matmul_ring.add(tb, tc))
+    right = matmul_ring.add(matmul_ring.matmul(ta, tb), matmul_ring.matmul(ta, tc))
+    np.testing.assert_array_equal(matmul_ring.to_numpy(left), matmul_ring.to_numpy(right))
+    same(matmul_ring, left, wrap(exact(a) @ (exact(b) + exact(c))))
 
 
 @HYPOTHESIS
 @given(data=st.data(), dims=matrix_dims, p=st.integers(1, 3))
-def test_matmul_is_associative(ring, data, dims, p):
+def test_matmul_is_associative(matmul_ring, data, dims, p):
     m, k, n = dims
     a, b, c = _matrix(data, (m, k)), _matrix(data, (k, n)), _matrix(data, (n, p))
-    ta, tb, tc = (ring.from_numpy(x) for x in (a, b, c))
-    same(ring, ring.matmul(ring.matmul(ta, tb), tc), ring.to_numpy(ring.matmul(ta, ring.matmul(tb, tc))))
+    ta, tb, tc = (matmul_ring.from_numpy(x) for x in (a, b, c))
+    same(matmul_ring, matmul_ring.matmul(matmul_ring.matmul(ta, tb), tc), matmul_ring.to_numpy(matmul_ring.matmul(ta, matmul_ring.matmul(tb, tc))))
 
 
 # -- layout -----------------------------------------------------------------------------------
@@ -370,16 +397,21 @@ def test_compile_keeps_results(ring, rng):
 # -- torch specifics --------------------------------------------------------------------------
 
 
-def test_torch_auto_path_follows_threads_and_size(monkeypatch):
+def test_torch_auto_times_the_paths_once_per_shape_class(tmp_path):
     import backends.torch_spdz.kernels as tk
 
-    ring = tk.TorchKernels()
-    monkeypatch.setattr(torch, "get_num_threads", lambda: tk.CPU_LIMB_MIN_THREADS - 1)
-    assert ring.matmul_path_for(1024, 1024, 1024) == "int64"
-    monkeypatch.setattr(torch, "get_num_threads", lambda: tk.CPU_LIMB_MIN_THREADS)
-    assert ring.matmul_path_for(1024, 1024, 1024) == "limbs"
-    assert ring.matmul_path_for(64, 64, 64) == "int64"
-    assert tk.TorchKernels(matmul="limbs").matmul_path_for(1, 1, 1) == "limbs"
+    ring = tk.TorchKernels(kernel_cache=tmp_path)
+    choice = ring.matmul_path_for(100, 30, 20)
+    assert choice in tk.CPU_PATHS
+    (row,) = ring.chooser.table()
+    assert row["shape_class"] == "matmul 128x32x32" and row["shape"] == "100x30x20" and row["choice"] == choice
+    assert all(row[f"{p}_ms"] > 0 for p in tk.CPU_PATHS)
+    # the same class is not timed again, in this object or in a new one reading the cache
+    assert ring.matmul_path_for(120, 17, 32) == choice and len(ring.chooser.table()) == 1
+    again = tk.TorchKernels(kernel_cache=tmp_path)
+    again.chooser._measure = None  # would fail if called
+    assert again.matmul_path_for(128, 32, 32) == choice
+    assert tk.TorchKernels(matmul="limbs16").matmul_path_for(4096, 4096, 4096) == "limbs16"
     assert tk.TorchKernels(matmul="int64").matmul_path_for(4096, 4096, 4096) == "int64"
     if torch.cuda.is_available():
         assert tk.TorchKernels(device="cuda").matmul_path_for(1, 1, 1) == "limbs"
@@ -403,15 +435,48 @@ def test_torch_from_numpy_shares_writable_cpu_memory():
 
 
 @pytest.mark.parametrize(("m", "k", "n"), [(7, 2100, 3), (5, 2048, 4), (3, 5000, 2), (33, 9, 17)])
-@pytest.mark.parametrize("layout", ["blocked", "batched"])
+@pytest.mark.parametrize("layout", ["limbs", "limbs16", "batched"])
 def test_torch_limb_layouts_in_small_blocks(monkeypatch, rng, m, k, n, layout):
-    """Both limb layouts (CPU blocked, CUDA batched), forced through many small blocks."""
+    """Every limb layout (CPU blocked with either scheme, CUDA batched), forced through
+    many small blocks of rows."""
     import backends.torch_spdz.kernels as tk
+    from bridge.mpc.limbs import SCHEMES
 
     monkeypatch.setattr(tk, "CPU_BLOCK_ELEMENTS", 64)
     monkeypatch.setattr(tk, "CUDA_BLOCK_ELEMENTS", 64)
     ring = tk.TorchKernels(matmul="limbs")
     a, b = ring_values(rng, (m, k)), ring_values(rng, (k, n))
     a[0], b[:, 0] = LIMB_LOW, LIMB_HIGH
-    matmul = ring._limb_matmul_blocked if layout == "blocked" else ring._limb_matmul_batched
-    same(ring, matmul(ring.from_numpy(a), ring.from_numpy(b)), wrap(exact(a) @ exact(b)))
+    ta, tb = ring.from_numpy(a), ring.from_numpy(b)
+    got = ring._limb_matmul_batched(ta, tb) if layout == "batched" else ring._limb_matmul_blocked(ta, tb, SCHEMES[layout])
+    same(ring, got, wrap(exact(a) @ exact(b)))
+
+
+# A 16-bit balanced scheme that claims only 2^11 exact terms per sum: K of a few
+# thousand then runs through several chunks, partial float sums of 1 or 2 pairs, and
+# the shift-and-mask extraction with widths of 16 (the real schemes never split there).
+TIGHT16 = LimbScheme("tight16", 16, 4, 21)
+
+
+@pytest.mark.parametrize("k", [600, 683, 1000, 1025, 2049, 5000])
+def test_limb_chunks_and_partial_sums_stay_exact(rng, k):
+    from backends.torch_spdz.kernels import TorchKernels
+
+    ring = TorchKernels(matmul="limbs")
+    a, b = ring_values(rng, (3, k)), ring_values(rng, (k, 2))
+    a[1], b[:, 1] = -1, INT64_MIN
+    expected = wrap(exact(a) @ exact(b))
+    same(ring, ring._limb_matmul_blocked(ring.from_numpy(a), ring.from_numpy(b), TIGHT16), expected)
+    tf_ring = _ring("tensorflow:limbs")
+    same(tf_ring, tf_ring.limb_matmul(tf_ring.from_numpy(a), tf_ring.from_numpy(b), TIGHT16), expected)
+
+
+def test_limb_plan_bounds():
+    """Every float64 sum the plan allows stays below 2^53: pairs * K * max|digit product|."""
+    for scheme in (LIMBS22, LIMBS16, TIGHT16):
+        for k in (1, 25, 400, 682, 683, 784, 1024, 2048, 2049, 5000, 2**21 + 1):
+            size = chunk_size(k, scheme)
+            assert size <= scheme.max_terms and -(-k // size) * size >= k
+            assert pairs_per_sum(size, scheme) * size * 2 ** (2 * scheme.digit_bits) <= 2**53
+    assert LIMBS22.widths == (22, 22, 20) and LIMBS16.widths == (16,) * 4
+    assert (LIMBS22.products, LIMBS16.products) == (6, 10)
