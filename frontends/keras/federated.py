@@ -28,6 +28,7 @@ from bridge.federated import (
 from bridge.federated.aggregate import FailureInjector
 from bridge.federated.fedavg import clients_per_round
 from frontends.keras.privatize import progress_verbosity
+from frontends.keras.quiet import no_retracing_warnings
 
 
 @dataclass
@@ -101,14 +102,15 @@ class KerasLocalTrainer:
                 variable.assign(value)
             rng = np.random.default_rng([self.seed, round_index, zlib.crc32(client.encode())])
             order = np.concatenate([rng.permutation(n) for _ in range(self.local_epochs)])
-            history = model.fit(
-                keras.tree.map_structure(lambda a: np.asarray(a)[order], x),
-                np.asarray(y)[order],
-                batch_size=self.batch_size,
-                epochs=1,
-                shuffle=False,
-                verbose=0,
-            )
+            with no_retracing_warnings():  # each pooled copy traces its own train step: by design
+                history = model.fit(
+                    keras.tree.map_structure(lambda a: np.asarray(a)[order], x),
+                    np.asarray(y)[order],
+                    batch_size=self.batch_size,
+                    epochs=1,
+                    shuffle=False,
+                    verbose=0,
+                )
             logs = history.history
             metrics = {name: float(values[-1]) for name, values in logs.items()}
             return LocalResult([np.asarray(w) for w in model.get_weights()], n, metrics)
@@ -301,7 +303,8 @@ class _Driver:
             logs = _round_logs(result)
             if self.validation_data is not None:
                 x_val, y_val = self.validation_data
-                scores = model.evaluate(x_val, y_val, batch_size=self.batch_size, verbose=0, return_dict=True)
+                with no_retracing_warnings():
+                    scores = model.evaluate(x_val, y_val, batch_size=self.batch_size, verbose=0, return_dict=True)
                 logs.update({f"val_{k}": float(v) for k, v in scores.items()})
             history.federated_rounds.append(_round_report(result))
             if bar is not None:
