@@ -157,6 +157,8 @@ def launch_parties(
             load_credentials(config, party)
     lock = threading.Lock()
     child_env = {**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1"}
+    # a party that crashes in native code (SIGSEGV) prints every thread's stack into the output
+    child_env.setdefault("PYTHONFAULTHANDLER", "1")
     path = str(Path(cluster_path).resolve())
     start = time.monotonic()
     procs: dict[str, subprocess.Popen[bytes]] = {}
