@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Every subprocess a test starts (user scripts, launched parties) inherits this: a native crash
+# (SIGSEGV, SIGABRT) prints every thread's Python stack instead of dying with an empty stderr.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 import torch  # noqa: E402,F401  - import order matters when both frameworks load
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +119,54 @@ def test_same_training_script_embedded_and_launched(backend, tmp_path):
     np.testing.assert_allclose(owner["loss"], alone["loss"], atol=5e-3)
     for got, want in zip(owner["weights"], alone["weights"], strict=True):
         np.testing.assert_allclose(got, want, atol=5e-3)
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import ctypes, os, sys
+    if os.environ.get("PRIVACY_BRIDGE_PARTY", "a") == "a":
+        ctypes.string_at(0)  # SIGSEGV in native code
+    print("b finished", flush=True)
+""")
+
+
+def test_test_subprocesses_print_a_native_crash_s_stack(tmp_path):
+    """tests/conftest.py sets PYTHONFAULTHANDLER for every subprocess a test starts."""
+    assert os.environ.get("PYTHONFAULTHANDLER") == "1"
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], env=script_env("torch-spdz"), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == -11
+    assert "Fatal Python error: Segmentation fault" in done.stderr and "crash.py" in done.stderr
+
+
+def test_launch_prints_a_crashed_party_s_stack_even_without_the_variable(tmp_path):
+    """The launcher turns faulthandler on in every party (unless the user set PYTHONFAULTHANDLER)."""
+    from bridge.launch import launch_parties
+
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    cluster_file = tmp_path / "cluster.toml"
+    cluster_file.write_text(to_toml(loopback_cluster(["a", "b"])))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}
+    out = io.StringIO()
+    report = launch_parties(cluster_file, [str(script)], 120.0, grace_s=30.0, stream=out, env=env)
+    text = out.getvalue()
+    assert report.returncodes == {"a": -11, "b": 0} and report.first_failure == "a"
+    assert "[a] Fatal Python error: Segmentation fault" in text and "[b] b finished" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch-spdz", "tf-pond"])
+def test_stress_same_script_embedded_and_launched(backend, tmp_path):
+    """Issue 16: test_same_script_embedded_and_launched[tf-pond] died once with SIGSEGV (rc -11) on a
+    loaded 2-core host.  Repeat that scenario; with faulthandler on, a crash now prints its stack."""
+    script = tmp_path / "user_script.py"
+    script.write_text(USER_SCRIPT)
+    for attempt in range(4):
+        done = subprocess.run([sys.executable, str(script)], env=script_env(backend), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"embedded run {attempt}: rc {done.returncode}\n{done.stderr[-6000:]}"
+        (alone,) = _results(done.stdout)
+        (distributed,) = _results(_launch(backend, tmp_path, script).stdout)
+        np.testing.assert_allclose(distributed["out"], alone["out"], atol=3e-3)
