@@ -223,3 +223,25 @@ def test_an_inline_certificate_round_trips_through_to_toml(cluster_file, tmp_pat
     again = cluster_from_dict(tomllib.loads(to_toml(config)), base=tmp_path)
     assert again == config
     assert load_credentials(again, "dealer").pinned_pem["dealer"] == (tmp_path / "k" / "dealer.crt").read_bytes()
+
+
+def test_launch_makes_only_the_keys_that_are_wholly_missing(tmp_path):
+    import tomllib
+
+    from bridge.security.keys import keygen, load_credentials, make_missing_keys
+
+    raw = tomllib.loads(TOML)
+    raw["keys"] = "keys"
+    config = cluster_from_dict(raw, base=tmp_path)
+    assert make_missing_keys(config) == ["server0", "server1", "dealer"]  # a fresh checkout
+    assert all(load_credentials(config, n) for n in config.names)
+    kept = (tmp_path / "keys" / "server0.key").read_bytes()
+    assert make_missing_keys(config) == []  # nothing replaced
+    assert (tmp_path / "keys" / "server0.key").read_bytes() == kept
+    (tmp_path / "keys" / "dealer.key").unlink()  # a half-present pair (another host's key) is not remade
+    assert make_missing_keys(config) == []
+    with pytest.raises(ClusterError, match="party 'dealer' has no private key"):
+        load_credentials(config, "dealer")
+    assert make_missing_keys(cluster_from_dict({**raw, "insecure": True}, base=tmp_path)) == []
+    keygen(["x"], tmp_path / "other")
+    assert not (tmp_path / "keys" / "x.key").exists()
