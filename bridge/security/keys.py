@@ -17,7 +17,6 @@ import hashlib
 import os
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,16 +169,8 @@ class PartyCredentials:
         return True
 
 
-_warned: set[str] = set()
-_warn_lock = threading.Lock()
-
-
 def warn_insecure(cluster: ClusterConfig, party: str) -> None:
-    """Say loudly, once per process and party, that this run is cleartext."""
-    with _warn_lock:
-        if party in _warned:
-            return
-        _warned.add(party)
+    """Say loudly that this party's channels are cleartext (each time it opens them)."""
     print(
         f"WARNING: privacy-bridge party {party!r}: the cluster file says insecure = true. Its channels "
         "are CLEARTEXT and UNAUTHENTICATED: anyone on the network can read every share and forge "
