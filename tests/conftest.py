@@ -27,3 +27,52 @@ def secure_backend(request):
 @pytest.fixture(params=SECURE_BACKENDS)
 def kernels(request):
     return get_backend(request.param).make_kernels()
+
+
+# -- the time budget of `make test` ------------------------------------------------------------------
+#: Long scenarios of other modules' tests that run under `make test-slow` only (`-m slow`), each
+#: with the short case that stays in `make test`.  (test file, test function, words in the test's
+#: parameter id; "" = every case) -> why.  Marking here keeps the list of what `make test` skips
+#: in one place; a test file may also mark its own tests with @pytest.mark.slow.
+SLOW_SCENARIOS: dict[tuple[str, str, str], str] = {
+    ("tests/examples/test_examples.py", "test_demo_prints_the_table_and_writes_the_plot", ""):
+        "the whole demo (every mode, 3 epochs); tests/cli/test_demo.py checks its parts",
+    ("tests/examples/test_examples.py", "test_example_runs_and_reports_an_accuracy", "encrypted_training"):
+        "kept: encrypted_serving, logistic_regression (itself an encrypted training)",
+    ("tests/examples/test_examples.py", "test_example_runs_and_reports_an_accuracy", "federated_hospitals"):
+        "kept: tests/federated (the same FedAvg, shorter)",
+    ("tests/examples/test_examples.py", "test_example_runs_one_process_per_party_with_its_cluster_file",
+     "encrypted_training"): "kept: the encrypted_serving example under launch",
+    ("tests/examples/test_examples.py", "test_example_runs_one_process_per_party_with_its_cluster_file",
+     "federated_hospitals"): "kept: the encrypted_serving example under launch",
+    ("tests/training/test_accuracy.py", "test_private_training_matches_plaintext_keras_accuracy", "digits"):
+        "full-data MLP/CNN accuracy; kept: breast_cancer_logreg on both backends",
+    ("tests/federated/test_keras_federated.py", "test_iid_accuracy_within_two_points_of_centralized", ""):
+        "10 rounds x 2 local epochs; kept: the 2-round runs of the same file",
+    ("tests/federated/test_keras_federated.py", "test_non_iid_figure", ""):
+        "10 rounds x 2 local epochs; kept: the 2-round runs of the same file",
+    ("tests/distributed/test_launch.py", "test_party_killed_mid_protocol_is_named_by_the_others", "tf-pond"):
+        "kept: torch-spdz with the dealer killed",
+    ("tests/distributed/test_launch.py", "test_party_killed_mid_protocol_is_named_by_the_others", "server1"):
+        "kept: torch-spdz with the dealer killed",
+    ("tests/distributed/test_federated.py", "test_a_client_killed_mid_share_is_dropped_and_the_others_finish",
+     "tf-pond"): "kept: torch-spdz",
+}
+
+
+def _slow_reason(item: pytest.Item) -> str | None:
+    path = item.nodeid.split("::", 1)[0]
+    function = getattr(item, "originalname", item.name)
+    callspec = getattr(item, "callspec", None)
+    case = callspec.id if callspec is not None else ""
+    for (file, name, words), why in SLOW_SCENARIOS.items():
+        if path == file and function == name and words in case:
+            return why
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        why = _slow_reason(item)
+        if why is not None:
+            item.add_marker(pytest.mark.slow(reason=why))
