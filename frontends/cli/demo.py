@@ -195,9 +195,11 @@ def plot_curves(rows: list[Row], path: str) -> str | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     draw_curves(ax, curves)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and rounds are whole numbers
     ax.set_xlabel("epoch / round")
     ax.set_ylabel("training accuracy")
     ax.set_title("load_digits: private vs plaintext training")

@@ -54,6 +54,15 @@ def test_coinciding_curves_get_distinct_dashes_and_markers():
         plt.close(fig)
 
 
+def test_plot_curves_writes_a_png(tmp_path):
+    from frontends.cli.demo import plot_curves
+
+    rows = [Row("plaintext Keras", "-", 0.9, 1.0, curve=[0.5, 0.7]), Row("serving", "tf-pond", 0.9, 1.0)]
+    path = plot_curves(rows, str(tmp_path / "curves.png"))
+    assert path is not None and Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_curves([rows[1]], str(tmp_path / "none.png")) is None  # no curve, no plot
+
+
 def test_retracing_warnings_are_hidden_only_inside_our_calls(caplog):
     logger = logging.getLogger("tensorflow")
     level = logger.level
