@@ -17,6 +17,15 @@ A value below B is never flagged; a truncation failure always is (2^32 - B > B);
 wrapped value escapes with probability 2 B 2^f / 2^64 per element.  Who learns the
 bits learns that an overflow happened, in which layer, and nothing else.
 
+Grouped check (serving, ``group`` > 1).  Where a value is known to be non-negative when
+nothing failed — |x| of a ReLU-fed x, the average pool of a ReLU output — step 1 compares
+the sums S of ``group`` consecutive elements instead of the elements: [S >= 0] and
+[B - S >= 0], two comparisons per group.  Every term is >= 0, so S <= B still
+guarantees |x| <= B for each element; a truncation failure moves S by about 2^32 and a
+wrapped element makes S pseudo-random, both flagged (two failures cancelling in one
+group has probability about p^2).  The price: honest activations must keep their sums
+over ``group`` elements below B (a mean |x| below 2^16 for B = 2^20, group = 16).
+
 Training (``bridge.mpc.training``) runs the check after every forward pass and stops;
 serving (``bridge.mpc.session``) runs it on every query, reruns a flagged query once
 with fresh randomness (a truncation failure does not repeat) and refuses the input
@@ -85,27 +94,50 @@ def _full_width(ctx: PartyContext) -> PartyContext:
 
 
 def overflow_flags(
-    ctx: PartyContext, checked: list[Shared], bound: float, rectified: list[Shared | None] | None = None
+    ctx: PartyContext,
+    checked: list[Shared],
+    bound: float,
+    rectified: list[Shared | None] | None = None,
+    group: int = 1,
+    nonnegative: list[bool] | None = None,
 ) -> Shared:
     """[v_l >= 1] per checked tensor x_l (integer 0/1): does any |x| exceed ``bound``?
 
     Where ``rectified[l]`` holds ReLU(x_l) (the layer feeds a ReLU), |x| = 2 ReLU(x) - x
     exactly and one comparison [B - |x| >= 0] per element suffices; elsewhere two,
-    [x + B >= 0] and [B - x >= 0].  All comparisons of all tensors run in one call.
+    [x + B >= 0] and [B - x >= 0].  With ``group`` > 1, |x| (or x itself where
+    ``nonnegative[l]``) is summed over groups of that many elements and each sum checked
+    with two comparisons (module docstring).  All comparisons run in one call.
     """
     k = ctx.kernels
     rectified = rectified or [None] * len(checked)
+    nonnegative = nonnegative or [False] * len(checked)
     limit = ctx.public(np.array(int(round(bound * ctx.numerics.scale))))
     parts, sizes = [], []
-    for x, y in zip(checked, rectified, strict=True):
+
+    def two_sided(values) -> None:
+        parts.append(add_public(ctx, Shared(values), limit).share)
+        parts.append(add_public(ctx, Shared(k.neg(values)), limit).share)
+
+    for x, y, positive in zip(checked, rectified, nonnegative, strict=True):
         flat = k.reshape(x.share, (-1,))
+        magnitude = None
         if y is not None:
             magnitude = k.sub(k.add(k.reshape(y.share, (-1,)), k.reshape(y.share, (-1,))), flat)
+        elif positive:
+            magnitude = flat
+        before = len(parts)
+        if group > 1 and magnitude is not None:
+            n = int(np.prod(k.shape(magnitude)))
+            padded = k.concat([magnitude, k.zeros(((-n) % group,))], axis=0) if n % group else magnitude
+            sums = k.sum(k.reshape(padded, (-1, group)), axis=1)
+            # [S >= 0] and [B - S >= 0]: S = (S - B) + B and B - S, both against the same limit
+            two_sided(add_public(ctx, Shared(sums), k.neg(limit)).share)
+        elif magnitude is not None:
             parts.append(add_public(ctx, Shared(k.neg(magnitude)), limit).share)
         else:
-            parts.append(add_public(ctx, Shared(flat), limit).share)
-            parts.append(add_public(ctx, Shared(k.neg(flat)), limit).share)
-        sizes.append(sum(int(np.prod(k.shape(t))) for t in parts[-(1 if y is not None else 2):]))
+            two_sided(flat)
+        sizes.append(sum(int(np.prod(k.shape(t))) for t in parts[before:]))
     full = _full_width(ctx)
     with ctx.messenger.label("overflow_check"):
         inside = bits_to_arith(ctx, ge_zero(full, Shared(k.concat(parts, axis=0))))
@@ -119,24 +151,48 @@ def overflow_flags(
         return bits_to_arith(ctx, ge_zero(full, violations))
 
 
+#: op kinds whose output is >= 0 when their input is (and nothing failed)
+SIGN_PRESERVING_KINDS = frozenset({"flatten", "reshape", "identity", "max_pool2d", "avg_pool2d", "global_avg_pool2d"})
+#: elements summed per comparison pair where a value is known non-negative (serving)
+SERVING_GROUP = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckEntry:
+    value: str
+    #: the ReLU output of ``value``, if a ReLU reads it (|x| = 2 ReLU(x) - x for free)
+    rectified: str | None
+    #: ``value`` is >= 0 unless something failed (e.g. the average pool of a ReLU output)
+    nonnegative: bool
+    #: the layer named in errors
+    layer: str
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckPlan:
-    """Which values a serving query checks, and where ReLU already gives |x| cheaply."""
+    """Which values a serving query checks, and what is known of their sign."""
 
-    #: (value checked, the ReLU output of that value or None, the layer named in errors)
-    entries: tuple[tuple[str, str | None, str], ...]
+    entries: tuple[CheckEntry, ...]
 
     @property
     def layers(self) -> tuple[str, ...]:
-        return tuple(layer for _, _, layer in self.entries)
+        return tuple(e.layer for e in self.entries)
 
 
 def serving_check_plan(program: Program) -> CheckPlan:
     """Every node output that may grow a value or went through a truncation, and every
     graph output (a failure inside a nonlinearity shows there)."""
     graph = program.graph
+    exact_relu = program.numerics.compare_bits == 64  # else a wrapped x may get a wrong ReLU bit
     relu_of = {n.inputs[0]: n.output for n in graph.nodes if n.op.kind == "relu" and len(n.inputs) == 1}
     producer = {n.output: n.name for n in graph.nodes}
+    nonnegative: set[str] = set()
+    for n in graph.nodes:
+        if n.op.kind == "relu" or (n.op.kind in SIGN_PRESERVING_KINDS and all(v in nonnegative for v in n.inputs)):
+            nonnegative.add(n.output)
     values = [n.output for n in graph.nodes if n.op.kind not in RANGE_PRESERVING_KINDS]
     values += [v for v in graph.outputs if v in producer and v not in values]
-    return CheckPlan(tuple((v, relu_of.get(v), producer[v]) for v in values))
+    return CheckPlan(tuple(
+        CheckEntry(v, relu_of.get(v) if exact_relu else None, exact_relu and v in nonnegative, producer[v])
+        for v in values
+    ))

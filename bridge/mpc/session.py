@@ -37,6 +37,7 @@ from bridge.mpc.party import PartyContext
 from bridge.mpc.protocol import Masked, Shared, mask_operand, reveal_to, share_input
 from bridge.mpc.range_check import (
     DEFAULT_SERVING_BOUND,
+    SERVING_GROUP,
     CheckPlan,
     FixedPointOverflowError,
     check_bound,
@@ -207,9 +208,11 @@ class SecureExecutable(Executable):
             plan = self.check_plan
             flags = None
             if ctx.in_protocol:
-                checked = [values[v] for v, _, _ in plan.entries]
-                rectified = [values[r] if r is not None else None for _, r, _ in plan.entries]
-                flags = overflow_flags(ctx, checked, self.overflow_bound, rectified)  # type: ignore[arg-type]
+                checked = [values[e.value] for e in plan.entries]
+                rectified = [values[e.rectified] if e.rectified is not None else None for e in plan.entries]
+                nonnegative = [e.nonnegative for e in plan.entries]
+                flags = overflow_flags(ctx, checked, self.overflow_bound, rectified,  # type: ignore[arg-type]
+                                       group=SERVING_GROUP, nonnegative=nonnegative)
             # every party learns the flags, so that all of them rerun or stop together
             seen = reveal_to(ctx, flags, placement.names, "overflow")
             assert seen is not None

@@ -170,3 +170,32 @@ def test_scaled_digits_are_right_or_refused(secure_backend, scale, rows):
     got = private.predict(x, batch_size=128, verbose=0)
     np.testing.assert_array_equal(np.argmax(got, axis=1), np.argmax(expected, axis=1))
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=5e-3 * scale)
+
+
+def test_check_plan_knows_what_is_nonnegative_and_what_feeds_a_relu():
+    from bridge.mpc.range_check import serving_check_plan
+    from frontends.cli.bench import cnn_infer
+
+    plan = serving_check_plan(cnn_infer().program)
+    by_layer = {e.layer: e for e in plan.entries}
+    # conv/dense feeding a ReLU: |x| from the ReLU; average pools of ReLU outputs: >= 0; the logits: neither
+    assert by_layer["conv2d_0"].rectified == "relu_1" and not by_layer["conv2d_0"].nonnegative
+    assert by_layer["avg_pool2d_2"].nonnegative and by_layer["avg_pool2d_2"].rectified is None
+    assert by_layer["dense_9"].rectified is None and not by_layer["dense_9"].nonnegative
+    assert not {"relu_1", "flatten_6"} & set(by_layer)
+
+
+def test_grouped_check_flags_a_group_whose_sum_exceeds_the_bound(secure_backend):
+    """The documented price of the grouped check: d0 feeds a ReLU, so its |x| are summed in
+    groups of 16; elements each below the bound whose sum is above it are flagged."""
+    program, weights = tiny_mlp()
+    x = _rows(5)
+    h0 = np.abs(x @ weights["d0/kernel"] + weights["d0/bias"])
+    bound = float(h0.max()) * 1.5
+    assert h0.reshape(-1)[:16].sum() > bound  # each element passes, the first group does not
+    executable = secure_backend.prepare(program, weights, overflow_bound=bound, max_reruns=0)
+    try:
+        with pytest.raises(FixedPointOverflowError, match="'d0'"):
+            executable.run({"x": x})
+    finally:
+        executable.close()
