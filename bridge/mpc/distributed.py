@@ -217,7 +217,7 @@ class PeerTransport(Transport):
             found = ""
             if blame:
                 names = ", ".join("this party" if b == self.party else f"party {b!r}" for b in blame)
-                found = f"; it found {names} stalled or dead"
+                found = f"; it found {names} stalled or gone"
             self._fail(f"party {peer!r} failed: {error_kind}{found} (the error's message stays with "
                        f"party {peer!r}: see its own output)", blame or (peer,))
         else:
@@ -271,8 +271,7 @@ class PeerTransport(Transport):
         ``timeout_s``: then the peer stalled)."""
         silent = self.silent_for(peer)
         if silent >= self.stall_s:
-            return (f"party {peer!r} has sent nothing, not even a heartbeat, for {silent:.1f} s and its link "
-                    f"timed out: it is stalled (paused, hung or overloaded) or cut off ({detail})")
+            return f"{_stall(peer, silent, 'and its link timed out')} ({detail})"
         return f"party {peer!r}'s connection closed without a goodbye: it died or was killed ({detail})"
 
     def silent_for(self, peer: str) -> float:
@@ -295,16 +294,14 @@ class PeerTransport(Transport):
         if self._inbox[peer].gone is not None:
             return f"; {self._inbox[peer].gone}", (peer,)
         if peer in stalled:
-            return (f", not even a heartbeat, for {stalled[peer]:.1f} s: it is stalled (paused, hung or "
-                    "overloaded) or cut off from this party", (peer,))
-        others = {p: s for p, s in stalled.items() if p != peer}
+            return f": {_stall(peer, stalled[peer])}", (peer,)
+        others = {p: s for p, s in stalled.items() if p != peer and self._inbox[p].gone is None}
         gone = [p for p in self.peers if p != peer and self._inbox[p].gone is not None
                 and not self._inbox[p].finished]
         if others or gone:
             blamed = (*others, *gone)
-            what = [f"party {p!r} has sent nothing, not even a heartbeat, for {s:.1f} s: it is stalled (paused, "
-                    "hung or overloaded) or cut off" for p, s in others.items()]
-            what += [f"party {p!r} is gone ({self._inbox[p].gone})" for p in gone]
+            what = [_stall(p, s) for p, s in others.items()]
+            what += [str(self._inbox[p].gone) for p in gone]
             return (f"; it is alive (its heartbeats arrive), so it is likely waiting itself: {'; '.join(what)}",
                     blamed)
         return ("; it is alive (its heartbeats arrive) but busy or stuck, or the parties run different "
@@ -345,9 +342,8 @@ class PeerTransport(Transport):
             if inbox.gone is not None:
                 reason = f"{where}: {inbox.gone}"
             elif self.silent_for(peer) >= self.stall_s:
-                reason = (f"{where} within {self.timeout_s:g} s: it took nothing in and has sent nothing, not even "
-                          f"a heartbeat, for {self.silent_for(peer):.1f} s: it is stalled (paused, hung or "
-                          f"overloaded) or cut off ({_first_line(exc)})")
+                stall = _stall(peer, self.silent_for(peer), "nor taken anything in")
+                reason = f"{where} within {self.timeout_s:g} s: {stall} ({_first_line(exc)})"
             else:
                 reason = f"{where}: it died or is unreachable ({_first_line(exc)})"
             self._peer_gone(peer, reason)
@@ -427,6 +423,12 @@ class PeerTransport(Transport):
         self._shutdown()
 
 
+def _stall(peer: str, silent: float, more: str = "") -> str:
+    """The one wording of a stall, so that every party's error names the stalled party alike."""
+    return (f"party {peer!r} stalled: it has sent nothing, not even a heartbeat, for {silent:.1f} s"
+            f"{' ' + more if more else ''} (it is paused, hung or overloaded, or cut off)")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
@@ -482,6 +484,9 @@ class DistributedParty:
 #: them again would race with peers that still hold the old ones.
 _connections: dict[tuple[str, str, str], Transport] = {}
 _connections_lock = threading.Lock()
+#: one lock per key: opening a transport waits for every peer, so it must not hold the
+#: lock of the whole table (the parties of a test, in threads of one process, open theirs together)
+_opening: dict[tuple[str, str, str], threading.Lock] = {}
 _atexit_registered = False
 
 
@@ -494,12 +499,18 @@ def connect(backend: "SecureBackend", cluster: ClusterConfig, party: str) -> Tra
     global _atexit_registered
     key = (backend.name, cluster.model_dump_json(), party)
     with _connections_lock:
-        if key not in _connections:
-            _connections[key] = backend.make_transport(cluster, party)
+        opening = _opening.setdefault(key, threading.Lock())
+    with opening:
+        with _connections_lock:
+            if key in _connections:
+                return _connections[key]
+        transport = backend.make_transport(cluster, party)
+        with _connections_lock:
+            _connections[key] = transport
             if not _atexit_registered:
                 atexit.register(disconnect_all)
                 _atexit_registered = True
-        return _connections[key]
+        return transport
 
 
 def disconnect_all() -> None:
