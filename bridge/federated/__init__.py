@@ -7,7 +7,7 @@ Modules, each with one job:
   distributed one process per party: the owner broadcasts, clients train and share, aggregators sum
   dp          clipping, CSPRNG Gaussian noise, (epsilon, delta) from dp-accounting
   splits      IID and label-skewed client splits (load_digits)
-  bench       federated wall time vs the same local training alone
+Its benchmark (federated wall time vs the same local training alone) is bridge.bench.federated.
 """
 
 from bridge.federated.aggregate import Aggregate, Aggregator, NoiseSpec, TooFewClientsError, TrustedAggregator

@@ -7,7 +7,6 @@ starts backends, and ``bridge`` imports neither.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -70,11 +69,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from frontends.cli.bench import run_all
+    from frontends.cli.bench import run_bench
 
-    rows = run_all(args.backend or None, quick=args.quick, workloads=args.workload or None)
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    run_bench(args.backend or None, args.workload or None, quick=args.quick, as_json=args.json,
+              kernels=args.kernels, recalibrate=args.recalibrate)
     return 0
 
 
@@ -142,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", action="append", help="backend to measure (repeatable; default: all MPC)")
     p.add_argument("--workload", action="append", help="workload to run (repeatable; default: all)")
     p.add_argument("--quick", action="store_true", help="fewer repeats")
-    p.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per row on stdout (the text tables go to stderr)")
+    p.add_argument("--kernels", action="store_true",
+                   help="the exact matmul paths each backend timed on this host, and the one it chose")
+    p.add_argument("--recalibrate", action="store_true", help="with --kernels: forget the cached choices first")
     p.set_defaults(fn=_cmd_bench)
 
     p = sub.add_parser("demo", help="load_digits in plaintext and every privacy mode, one table")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.federated.bench import federated_bench
+from bridge.bench.federated import federated_bench
 
 #: the 64-32-10 MLP's float weights, then the averaged metrics (accuracy, loss) and the weight a_i
 VECTOR = 64 * 32 + 32 + 32 * 10 + 10 + 2 + 1

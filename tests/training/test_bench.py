@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.bench_train import mlp_train
+from bridge.bench.training import mlp_train
 
 COLUMNS = {"workload", "backend", "wall_s", "plaintext_torch_s", "ratio", "bytes_per_party", "rounds", "dealer_bytes"}
 

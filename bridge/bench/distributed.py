@@ -1,7 +1,7 @@
 """Benchmark rows with one process per party on loopback: wall time, bytes and rounds.
 
 ``distributed_rows(workloads, backends)`` measures each workload (an object with
-``name``, ``program``, ``weights`` and ``inputs()``, like ``frontends.cli.bench``'s)
+``name``, ``program``, ``weights`` and ``inputs()``, like ``bridge.bench.workloads``)
 twice, each time in fresh processes with one compute thread each
 (``torch.set_num_threads(1)``; TensorFlow's intra- and inter-op pools of 1):
 
@@ -12,7 +12,7 @@ twice, each time in fresh processes with one compute thread each
   start;
 * embedded: every party in threads of one process, the same placement.
 
-``training_rows(backends)`` does the same for ``mlp_train`` (``bridge.bench_train``):
+``training_rows(backends)`` does the same for ``mlp_train`` (``bridge.bench.training``):
 one epoch, end to end from a common start after the parties have connected (party
 setup, sharing the weights and the data, the epoch), in three processes and embedded.
 
@@ -133,19 +133,22 @@ def measure(
 
 
 def _launch(root: Path, placement: Placement, args: list[str], timeout_s: float, what: str) -> dict[str, Any]:
-    """Run ``python -m bridge.bench_distributed ARGS`` as every party, one process each; their records."""
+    """Run ``python -m bridge.bench.distributed ARGS`` as every party, one process each; their records."""
     from bridge.launch import launch_parties
+    from bridge.security.keys import keygen
 
+    keygen(placement.names, root / "keys")  # authenticated channels, as in a real deployment
     cluster = ClusterConfig(
         parties=tuple(
             PartyEntry(name=p.name, roles=p.roles, address=f"127.0.0.1:{_free_port()}") for p in placement.parties
         ),
         timeout_s=120.0,
+        keys=str(root / "keys"),
     )
     (root / "cluster.toml").write_text(to_toml(cluster))
     log_path = root / "launch.log"
     with log_path.open("w") as log:
-        report = launch_parties(root / "cluster.toml", ["-m", "bridge.bench_distributed", *args],
+        report = launch_parties(root / "cluster.toml", ["-m", "bridge.bench.distributed", *args],
                                 timeout_s=timeout_s, stream=log, env=_one_thread_env())
     if report.exit_code != 0:
         raise RuntimeError(f"{what} failed (exit {report.exit_code}):\n" + log_path.read_text()[-4000:])
@@ -154,7 +157,7 @@ def _launch(root: Path, placement: Placement, args: list[str], timeout_s: float,
 
 def _embedded(root: Path, args: list[str], timeout_s: float) -> dict[str, Any]:
     """The same measurement with every party in threads of one fresh process."""
-    subprocess.run([sys.executable, "-m", "bridge.bench_distributed", *args],
+    subprocess.run([sys.executable, "-m", "bridge.bench.distributed", *args],
                    check=True, env=_one_thread_env(), timeout=timeout_s, capture_output=True)
     return json.loads((root / "embedded.json").read_text())
 
@@ -164,7 +167,7 @@ def measure_training(
     sizes: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """One ``mlp_train`` row: an epoch of ``rows`` samples in three processes (and embedded)."""
-    from bridge.bench_train import SIZES, mlp_train_program, random_data
+    from bridge.bench.workloads import EPOCH_ROWS, SIZES, mlp_train_program, random_data
 
     sizes = sizes or SIZES
     program, weights = mlp_train_program(sizes)
@@ -181,7 +184,7 @@ def measure_training(
     compute, dealer = placement.compute_parties, placement.dealer
     last = {p: records[p]["stats"] for p in placement.names}
     row: dict[str, Any] = {
-        "workload": "mlp_train" + ("" if rows == 1024 and sizes == SIZES else f" ({rows} rows)"),
+        "workload": "mlp_train" + ("" if rows == EPOCH_ROWS and sizes == SIZES else f" ({rows} rows)"),
         "backend": backend,
         "processes": len(placement.names),
         "threads_per_process": 1,
@@ -368,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = {"party": _party_main, "embedded": _embedded_main}
     training = {"train": _train_party_main, "train-embedded": _train_embedded_main}
     if len(args) != 4 or args[0] not in (*modes, *training):
-        print("usage: python -m bridge.bench_distributed {party,embedded,train,train-embedded} ROOT BACKEND REPEATS",
+        print("usage: python -m bridge.bench.distributed {party,embedded,train,train-embedded} ROOT BACKEND REPEATS",
               file=sys.stderr)
         return 2
     import torch  # noqa: F401 - before TensorFlow

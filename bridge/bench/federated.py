@@ -8,8 +8,8 @@ calls with the same trainer and never aggregates.  ``ratio`` = federated / basel
 (goal: <= 1.2).  Each side is timed ``repeats`` times after one warm-up fit; the
 fastest is kept.
 
-The workload is a Keras model, so this imports the Keras front end lazily;
-``privacy-bridge bench`` calls ``federated_bench``.
+The workload is a Keras model, so this imports the Keras front end lazily (the one
+benchmark that needs a front end); ``privacy-bridge bench`` calls ``federated_bench``.
 """
 
 from __future__ import annotations
