@@ -88,3 +88,26 @@ def test_save_load_save_is_a_fixed_point(tmp_path):
     assert (tmp_path / "a" / STRUCTURE_FILE).read_bytes() == (tmp_path / "b" / STRUCTURE_FILE).read_bytes()
     with np.load(tmp_path / "a" / WEIGHTS_FILE) as a, np.load(tmp_path / "b" / WEIGHTS_FILE) as b:
         assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_weights_from_other_numpy_writers_load_exactly(tmp_path):
+    # The loader reads archives itself (no np.load): compressed members, Fortran order and
+    # big-endian arrays must still come back bit-for-bit, as native-order arrays.
+    from tests.ir.test_validation import tiny_program
+
+    program, weights = tiny_program()
+    save_program(tmp_path, program, weights)
+    names = sorted(weights)
+    arrays = {
+        "w0": np.asfortranarray(weights[names[0]].astype(">f4")) if weights[names[0]].ndim > 1
+        else weights[names[0]].astype(">f4"),
+        "w1": np.asfortranarray(weights[names[1]]),
+        "__names__": np.array(names, dtype=np.str_),
+    }
+    np.savez_compressed(tmp_path / WEIGHTS_FILE, **arrays)
+    loaded, loaded_weights = load_program(tmp_path)
+    assert loaded == program
+    for name in names:
+        assert loaded_weights[name].dtype.isnative
+        assert np.array_equal(loaded_weights[name], weights[name]), name
+        assert loaded_weights[name].flags.writeable

@@ -187,6 +187,8 @@ def _npy(header: str, data: bytes, version: int = 1, pad: bool = True) -> bytes:
 
 
 def _split_npy(member: bytes) -> tuple[str, bytes]:
+    if len(member) < 10:  # cut short by an earlier mutation step
+        return "", member
     length = struct.unpack_from("<H", member, 8)[0]
     return member[10:10 + length].decode("latin1"), member[10 + length:]
 
@@ -213,11 +215,11 @@ def mutate_npz(data: bytes, rng: random.Random) -> bytes:
             elif action < 0.55:
                 body = _npy(header.replace("False", rng.choice(["True", "1", "None"])), payload)
             elif action < 0.65:
-                cut = rng.randrange(len(body))
+                cut = rng.randrange(len(body) + 1)
                 body = body[:cut] if rng.random() < 0.5 else body + os.urandom(rng.randint(1, 64))
             elif action < 0.75:
                 body = bytearray(body)
-                for _ in range(rng.randint(1, 6)):
+                for _ in range(rng.randint(1, 6) if body else 0):
                     body[rng.randrange(min(len(body), 128))] = rng.randrange(256)
                 body = bytes(body)
             elif action < 0.8:
