@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 #: bump when a candidate's implementation changes enough to invalidate old timings
-REVISION = 1
+REVISION = 2
 CACHE_FILE = "kernel-choices.json"
 FORMAT = 1
 
@@ -97,7 +97,8 @@ class KernelChooser:
     device); the CPU model, the thread count (``threads()``) and ``REVISION`` are added.
     ``cache``: a directory, ``None`` for ``cache_dir()``, or ``False`` for memory only.
     ``forced``: a candidate to use for every shape (tests, benchmarks of one path).
-    ``budget_s``: the time one shape class may spend timing, after one warm-up call each.
+    ``budget_s``: the time one shape class may spend timing, after one warm-up call each
+    (at least two rounds run); ``slow_s``: a warm-up longer than this is the candidate's time.
     """
 
     host: Mapping[str, str]
@@ -106,6 +107,7 @@ class KernelChooser:
     cache: Path | None | bool = None
     forced: str | None = None
     budget_s: float = 0.2
+    slow_s: float = 1.0
     clock: Callable[[], float] = time.perf_counter
     _choices: dict[tuple[str, str], Measurement] = field(default_factory=dict)
     _loaded: bool = False
@@ -153,23 +155,31 @@ class KernelChooser:
             return found.choice
 
     def _measure(self, dims: tuple[int, ...], bench: Bench) -> Measurement:
+        """Best-of timing: one warm-up call each (not counted: tracing, allocation), then
+        rounds over the candidates still within 4x of the fastest, until ``budget_s``.
+        A candidate whose warm-up alone took over ``slow_s`` keeps that time and is not
+        run again (an int64 matmul of 2^30 multiply-adds takes seconds)."""
         runs = {c: bench(c) for c in self.candidates}
-        best: dict[str, float] = {}
-        for name, run in runs.items():  # warm-up: first-call costs (allocation, tracing)
+        best = dict.fromkeys(self.candidates, float("inf"))
+        alive = []
+        for name, run in runs.items():
             start = self.clock()
             run()
-            best[name] = self.clock() - start
+            took = self.clock() - start
+            if took > self.slow_s:
+                best[name] = took
+            else:
+                alive.append(name)
         deadline = self.clock() + self.budget_s
-        alive = [c for c in self.candidates if best[c] < self.budget_s]  # too slow to repeat
-        for round_ in range(5):
-            if not alive or (round_ and self.clock() > deadline):
+        for round_ in range(7):
+            if not alive or (round_ >= 2 and self.clock() > deadline):
                 break
             for name in alive:
                 start = self.clock()
                 runs[name]()
                 best[name] = min(best[name], self.clock() - start)
             fastest = min(best.values())
-            alive = [c for c in alive if best[c] <= 2 * fastest]  # clear losers stop here
+            alive = [c for c in alive if best[c] <= 4 * fastest]  # clear losers stop here
         choice = min(self.candidates, key=lambda c: (best[c], self.candidates.index(c)))
         return Measurement(choice, {c: round(best[c] * 1e3, 4) for c in self.candidates}, dims)
 

@@ -96,7 +96,48 @@ def test_entries_naming_unknown_candidates_are_measured_again(tmp_path):
 def test_a_slow_candidate_is_not_repeated_beyond_the_budget(tmp_path):
     host = FakeHost({"int64": 5.0, "limbs": 0.01})
     assert chooser(host, tmp_path, budget_s=0.2).choose("matmul", (4096,) * 3, host.bench) == "limbs"
-    assert host.calls["int64"] == 1  # the warm-up call alone: 5 s is past the budget
+    assert host.calls["int64"] == 1  # the warm-up call alone: 5 s is past slow_s
+    assert 3 <= host.calls["limbs"] <= 8
+
+
+class FirstCallCosts(FakeHost):
+    """A candidate whose first call also traces (as tf.function does): 0.5 s once."""
+
+    def bench(self, name: str):
+        run = super().bench(name)
+
+        def first_then_run() -> None:
+            if name == "limbs" and self.calls[name] == 0:
+                self.now += 0.5
+            run()
+
+        return first_then_run
+
+
+def test_the_warm_up_call_is_not_counted():
+    host = FirstCallCosts({"int64": 0.003, "limbs": 0.001})
+    c = chooser(host, False)
+    assert c.choose("matmul", (128, 784, 128), host.bench) == "limbs"
+    assert c.table()[0]["limbs_ms"] == 1.0
+
+
+def test_one_unlucky_round_does_not_drop_a_candidate():
+    """A candidate preempted once (3x its time) is still timed again and wins."""
+    host = FakeHost({"int64": 0.004, "limbs": 0.002})
+    slow_once = {"limbs": 1}
+    base = host.bench
+
+    def bench(name):
+        run = base(name)
+
+        def maybe_slow():
+            if name == "limbs" and host.calls["limbs"] == slow_once["limbs"]:
+                host.now += 0.010  # preempted on its first timed call
+            run()
+
+        return maybe_slow
+
+    assert chooser(host, False).choose("matmul", (8, 8, 8), bench) == "limbs"
 
 
 def test_forced_and_single_candidates_are_never_timed(tmp_path):
