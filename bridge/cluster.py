@@ -136,6 +136,9 @@ class ClusterConfig(BaseModel):
     keys: str | None = None
     #: run cleartext and unauthenticated (warned about at start): only on a trusted network
     insecure: bool = False
+    #: the ``[serving]`` table of a long-running service (``privacy-bridge serve``), read
+    #: and validated by ``bridge.serving.config``; the MPC parties ignore it
+    serving: dict[str, Any] | None = None
 
     @field_validator("rendezvous")
     @classmethod
