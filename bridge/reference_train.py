@@ -8,21 +8,21 @@ Protocol-neutral pieces every training backend shares live here too:
   * ``encode_labels``: labels as the float rows the loss reads (sparse -> one-hot).
 
 The backward rules (``REFERENCE_BACKWARD``) mirror ``bridge.mpc.backward`` one for
-one, in float64; tests check them against TensorFlow's autodiff.  Optimizer: SGD
-with momentum exactly as Keras 3 applies it (v <- m v - lr g;  w <- w + v).
+one, in float64; tests check them against TensorFlow's autodiff.  Optimizers: SGD
+(with momentum), Adam and RMSprop exactly as Keras 3 applies them (``optimizer_update``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from bridge.backend import BackendError, StepResult, TrainingExecutable
 from bridge.im2col import Im2ColPlan, extract_patches, im2col_plan
-from bridge.ir import Loss, Node, Program, validate_program, validate_weights
+from bridge.ir import AdamSpec, Loss, Node, Program, RMSpropSpec, SGDSpec, validate_program, validate_weights
 from bridge.ir import ops as irops
 from bridge.reference import evaluate
 
@@ -355,6 +355,68 @@ def sgd_update(
             weights[name] = weights[name] - learning_rate * g
 
 
+@dataclass
+class ReferenceOptimizerState:
+    """Keras' optimizer variables by slot and parameter, and ``optimizer.iterations``."""
+
+    iterations: int = 0
+    slots: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def slot(self, slot: str, name: str, like: np.ndarray) -> np.ndarray:
+        return self.slots.setdefault(slot, {}).get(name, np.zeros_like(like))
+
+
+def adam_update(weights: dict[str, np.ndarray], state: ReferenceOptimizerState, grads: Mapping[str, np.ndarray],
+                spec: AdamSpec) -> None:
+    """Keras 3 Adam (keras/src/optimizers/adam.py, amsgrad=False), in place:
+    t = iterations + 1;  alpha = lr sqrt(1 - b2^t) / (1 - b1^t);
+    m += (g - m)(1 - b1);  v += (g^2 - v)(1 - b2);  w -= alpha m / (sqrt(v) + eps)."""
+    t = state.iterations + 1
+    alpha = spec.learning_rate * np.sqrt(1.0 - spec.beta_2**t) / (1.0 - spec.beta_1**t)
+    for name, g in grads.items():
+        m = state.slot("m", name, g) + (g - state.slot("m", name, g)) * (1.0 - spec.beta_1)
+        v = state.slot("v", name, g) + (g * g - state.slot("v", name, g)) * (1.0 - spec.beta_2)
+        state.slots["m"][name], state.slots["v"][name] = m, v
+        weights[name] = weights[name] - alpha * m / (np.sqrt(v) + spec.epsilon)
+    state.iterations = t
+
+
+def rmsprop_update(weights: dict[str, np.ndarray], state: ReferenceOptimizerState,
+                   grads: Mapping[str, np.ndarray], spec: RMSpropSpec) -> None:
+    """Keras 3 RMSprop (keras/src/optimizers/rmsprop.py), in place:
+    v = rho v + (1 - rho) g^2;  centered: a = rho a + (1 - rho) g, denominator v - a^2 + eps,
+    else v + eps;  increment = lr g / sqrt(denominator);  with momentum:
+    s = momentum s + increment, w -= s;  else w -= increment."""
+    rho = spec.rho
+    for name, g in grads.items():
+        v = rho * state.slot("v", name, g) + (1.0 - rho) * g * g
+        state.slots["v"][name] = v
+        if spec.centered:
+            a = rho * state.slot("average", name, g) + (1.0 - rho) * g
+            state.slots["average"][name] = a
+            denominator = v - a * a + spec.epsilon
+        else:
+            denominator = v + spec.epsilon
+        increment = spec.learning_rate * g / np.sqrt(denominator)
+        if spec.momentum > 0:
+            increment = spec.momentum * state.slot("momentum", name, g) + increment
+            state.slots["momentum"][name] = increment
+        weights[name] = weights[name] - increment
+    state.iterations += 1
+
+
+def optimizer_update(weights: dict[str, np.ndarray], state: ReferenceOptimizerState,
+                     grads: Mapping[str, np.ndarray], spec: SGDSpec | AdamSpec | RMSpropSpec) -> None:
+    """One step of the compiled Keras optimizer, in float64, in place."""
+    if isinstance(spec, AdamSpec):
+        adam_update(weights, state, grads, spec)
+    elif isinstance(spec, RMSpropSpec):
+        rmsprop_update(weights, state, grads, spec)
+    else:
+        sgd_update(weights, state.slots.setdefault("velocity", {}), grads, spec.learning_rate, spec.momentum)
+        state.iterations += 1
+
+
 class ReferenceTrainingExecutable(TrainingExecutable):
     """Plaintext training in float64, with the interface of the encrypted one."""
 
@@ -365,7 +427,7 @@ class ReferenceTrainingExecutable(TrainingExecutable):
         self.head = loss_head(program)
         self.metrics = tuple(metrics)
         self._weights = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
-        self._velocity: dict[str, np.ndarray] = {}
+        self._optimizer = ReferenceOptimizerState()
         self._data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._input = next(iter(program.graph.inputs))
         self._trainable = {n for n, s in program.graph.parameters.items() if s.trainable}
@@ -393,7 +455,7 @@ class ReferenceTrainingExecutable(TrainingExecutable):
             spec = self.program.training
             assert spec is not None
             trainable = {k: g for k, g in grads.items() if k in self._trainable}
-            sgd_update(self._weights, self._velocity, trainable, spec.optimizer.learning_rate, spec.optimizer.momentum)
+            optimizer_update(self._weights, self._optimizer, trainable, spec.optimizer)
         return result
 
     def train_batch(self, rows: np.ndarray) -> StepResult:

@@ -7,10 +7,12 @@ from bridge.ir.ops import OPSET_VERSION, Op
 from bridge.ir.placement import Party, Placement, Role
 from bridge.ir.program import (
     SCHEMA_VERSION,
+    AdamSpec,
     Loss,
     Numerics,
     PrivacyMode,
     Program,
+    RMSpropSpec,
     SGDSpec,
     TrainingSpec,
 )
@@ -18,6 +20,7 @@ from bridge.ir.shapes import ShapeError, infer_shape
 from bridge.ir.validate import IRValidationError, validate_graph, validate_program, validate_weights
 
 __all__ = [
+    "AdamSpec",
     "OPSET_VERSION",
     "SCHEMA_VERSION",
     "Graph",
@@ -31,6 +34,7 @@ __all__ = [
     "Placement",
     "PrivacyMode",
     "Program",
+    "RMSpropSpec",
     "Role",
     "SGDSpec",
     "ShapeError",

@@ -75,6 +75,31 @@ class SGDSpec(BaseModel):
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
+class AdamSpec(BaseModel):
+    """Keras 3 Adam (no amsgrad): bias-corrected step lr sqrt(1 - b2^t) / (1 - b1^t)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["adam"] = "adam"
+    learning_rate: float = Field(gt=0.0)
+    beta_1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    beta_2: float = Field(default=0.999, ge=0.0, lt=1.0)
+    epsilon: float = Field(default=1e-7, ge=0.0)
+
+
+class RMSpropSpec(BaseModel):
+    """Keras 3 RMSprop: w -= lr g / sqrt(v + epsilon), optional momentum and centering."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["rmsprop"] = "rmsprop"
+    learning_rate: float = Field(gt=0.0)
+    rho: float = Field(default=0.9, ge=0.0, lt=1.0)
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    epsilon: float = Field(default=1e-7, ge=0.0)
+    centered: bool = False
+
+
 class TrainingSpec(BaseModel):
     """What ``model.compile()`` and ``fit()`` said, in protocol-neutral form."""
 
@@ -82,7 +107,7 @@ class TrainingSpec(BaseModel):
 
     loss: Loss
     from_logits: bool = False
-    optimizer: SGDSpec
+    optimizer: SGDSpec | AdamSpec | RMSpropSpec = Field(discriminator="kind")
     epochs: int = Field(default=1, ge=1)
     batch_size: int = Field(default=32, ge=1)
     shuffle: bool = True

@@ -8,8 +8,8 @@ Per party, in order:
   batch   the compute parties gather the batch's rows from the shares (public row
           indices, ``reference_train.batch_schedule``: local, free); forward with
           ``training=True``; the overflow check (below); loss and metrics; the fused
-          loss gradient (p - y)/n; backward (``backward.secure_backward``); SGD with
-          momentum on shares; kernels re-masked for the next batch (Pond: one opening
+          loss gradient (p - y)/n; backward (``backward.secure_backward``); the compiled
+          optimizer's step on shares (``optimizers``: SGD, Adam, RMSprop); kernels re-masked for the next batch (Pond: one opening
           of each kernel per batch serves its forward and backward products).
   end     the model owner receives the trained parameters (``reveal_to``), or they stay
           shared and ``serving()`` wraps them for encrypted serving.
@@ -52,6 +52,7 @@ from bridge.mpc.comm import CommStats
 from bridge.mpc.compare import Bits, ge_zero, mul_bit
 from bridge.mpc.kernels import RingKernels
 from bridge.mpc.layers import masked_parameter_names, secure_forward, secure_parameters
+from bridge.mpc.optimizers import OptimizerState, check_numerics, secure_update, sgd_step  # noqa: F401  (sgd_step re-exported)
 from bridge.mpc.party import PartyContext
 from bridge.mpc.range_check import bits_to_arith, overflow_flags
 from bridge.mpc.protocol import (
@@ -184,29 +185,6 @@ def batch_metrics(
         return Shared(k.stack([loss.share, hits.share], axis=0))
 
 
-def sgd_step(
-    ctx: PartyContext, params: dict[str, Any], velocity: dict[str, Shared], grads: Mapping[str, Shared],
-    learning_rate: float, momentum: float,
-) -> None:
-    """Keras 3 SGD on shares: v <- m v - lr g; w <- w + v (w <- w - lr g when m = 0).
-
-    One local truncation per parameter (m v - lr g is formed at 2f fractional bits).
-    """
-    lr = ctx.public(np.array(int(round(learning_rate * ctx.numerics.scale))))
-    mom = ctx.public(np.array(int(round(momentum * ctx.numerics.scale))))
-    with ctx.messenger.label("sgd"):
-        for name, g in grads.items():
-            current = params[name].value if isinstance(params[name], Masked) else params[name]
-            step = neg(ctx, mul_public_int(ctx, g, lr))
-            if momentum:
-                if name in velocity:
-                    step = add(ctx, step, mul_public_int(ctx, velocity[name], mom))
-                velocity[name] = truncate(ctx, step)
-                params[name] = add(ctx, current, velocity[name])
-            else:
-                params[name] = add(ctx, current, truncate(ctx, step))
-
-
 def remask(ctx: PartyContext, program: Program, params: dict[str, Any]) -> None:
     """Mask the updated kernels once for the next batch's forward and backward products."""
     for name in masked_parameter_names(program):
@@ -245,14 +223,19 @@ class SecureTrainingExecutable(TrainingExecutable):
             )
         spec = program.training
         assert spec is not None  # loss_head checked it
-        for what, value in (("learning_rate", spec.optimizer.learning_rate), ("momentum", spec.optimizer.momentum)):
-            encoded = round(value * program.numerics.scale) / program.numerics.scale
-            if value and abs(encoded - value) > 0.01 * value:
-                raise TrainingRefused(
-                    f"SGD {what}={value:g} is not representable in fixed point with frac_bits="
-                    f"{program.numerics.frac_bits} (it would become {encoded:g}); raise Numerics.frac_bits "
-                    f"or use a {what} of at least {100 / program.numerics.scale:.2g}"
-                )
+        if spec.optimizer.kind == "sgd":  # SGD multiplies by lr at f bits; Adam/RMSprop keep 12 significant bits
+            for what, value in (("learning_rate", spec.optimizer.learning_rate), ("momentum", spec.optimizer.momentum)):
+                encoded = round(value * program.numerics.scale) / program.numerics.scale
+                if value and abs(encoded - value) > 0.01 * value:
+                    raise TrainingRefused(
+                        f"SGD {what}={value:g} is not representable in fixed point with frac_bits="
+                        f"{program.numerics.frac_bits} (it would become {encoded:g}); raise Numerics.frac_bits "
+                        f"or use a {what} of at least {100 / program.numerics.scale:.2g}"
+                    )
+        try:
+            check_numerics(spec.optimizer, program.numerics.frac_bits, program.numerics.compare_bits)
+        except ValueError as exc:
+            raise TrainingRefused(str(exc)) from None
         self.program = program
         self.metrics = tuple(metrics)
         self.check_overflow = check_overflow
@@ -274,7 +257,7 @@ class SecureTrainingExecutable(TrainingExecutable):
             lambda ctx: setup_party(ctx, program, prepared if ctx.name == self.owner else None)
         )
         self.setup_stats: CommStats = self.parties.stats.since(before)
-        self._velocity: dict[str, dict[str, Shared]] = {p: {} for p in self.parties.contexts}
+        self._optimizer: dict[str, OptimizerState] = {p: OptimizerState() for p in self.parties.contexts}
         self._data: dict[str, dict[str, tuple[Shared, Shared]]] = {p: {} for p in self.parties.contexts}
         self._rows: dict[str, int] = {}
         self._input = next(iter(program.graph.inputs))
@@ -367,8 +350,7 @@ class SecureTrainingExecutable(TrainingExecutable):
                 if train:
                     seed = loss_gradient(ctx, head, p, y)
                     grads, _ = secure_backward(ctx, program, params, values, caches, {head.seed: seed})
-                    sgd_step(ctx, params, self._velocity[ctx.name], grads,
-                             spec.optimizer.learning_rate, spec.optimizer.momentum)
+                    secure_update(ctx, spec.optimizer, params, self._optimizer[ctx.name], grads)
                     remask(ctx, program, params)
             return ("metrics", reveal_to(ctx, summary, (self.owner,), "metrics"))
 

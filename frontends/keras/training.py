@@ -7,9 +7,12 @@
              "categorical_crossentropy" / "sparse_categorical_crossentropy" on a softmax
              output; the loss objects with ``from_logits=True`` on a linear output.
              No label smoothing, no other reduction than the default.
-  optimizer  keras.optimizers.SGD(learning_rate=<float>, momentum=<float>) only: no
-             nesterov, weight decay, gradient clipping, EMA, loss scaling or
-             learning-rate schedules; no other optimizer (Adam, RMSprop, ...).
+  optimizer  keras.optimizers.SGD(learning_rate, momentum), Adam(learning_rate, beta_1,
+             beta_2, epsilon) and RMSprop(learning_rate, rho, momentum, epsilon,
+             centered), Keras' own classes: no nesterov, amsgrad, weight decay,
+             gradient clipping, EMA, loss scaling, gradient accumulation or
+             learning-rate schedules; no other optimizer.  Adam and RMSprop run
+             ``bridge.mpc.optimizers`` (their approximation and its error are there).
   metrics    "accuracy" (or "acc", "categorical_accuracy", "sparse_categorical_accuracy",
              "binary_accuracy") for classification losses; none other.
 
@@ -29,14 +32,30 @@ from typing import Any
 import numpy as np
 
 from bridge.backend import Backend, BackendError, TrainingExecutable
-from bridge.ir import Loss, Numerics, Party, Placement, PrivacyMode, Program, Role, SGDSpec, TrainingSpec
+from bridge.ir import (
+    AdamSpec,
+    Loss,
+    Numerics,
+    Party,
+    Placement,
+    PrivacyMode,
+    Program,
+    RMSpropSpec,
+    Role,
+    SGDSpec,
+    TrainingSpec,
+)
 from bridge.reference_train import TrainingRefused, batch_schedule
 
 SUPPORTED_LOSSES = (
     "'mse', 'binary_crossentropy' (sigmoid output), 'categorical_crossentropy' or "
     "'sparse_categorical_crossentropy' (softmax output), or their Loss objects with from_logits=True"
 )
-SUPPORTED_OPTIMIZER = "keras.optimizers.SGD(learning_rate=<float>, momentum=<float in [0, 1)>)"
+SUPPORTED_OPTIMIZER = (
+    "keras.optimizers.SGD(learning_rate=<float>, momentum=<float in [0, 1)>), "
+    "keras.optimizers.Adam(learning_rate=<float>, beta_1, beta_2, epsilon) or "
+    "keras.optimizers.RMSprop(learning_rate=<float>, rho, momentum, epsilon, centered)"
+)
 ACCURACY_METRICS = ("accuracy", "acc", "categorical_accuracy", "sparse_categorical_accuracy", "binary_accuracy")
 
 _LOSS_NAMES = {
@@ -50,9 +69,8 @@ _LOSS_NAMES = {
     "sparse_categorical_crossentropy": Loss.SPARSE_CATEGORICAL_CROSSENTROPY,
     "sparsecategoricalcrossentropy": Loss.SPARSE_CATEGORICAL_CROSSENTROPY,
 }
-#: SGD config entries and the only values encrypted training honours
-_SGD_DEFAULTS: dict[str, Any] = {
-    "nesterov": False,
+#: optimizer config entries and the only values encrypted training honours
+_COMMON_DEFAULTS: dict[str, Any] = {
     "weight_decay": None,
     "clipnorm": None,
     "clipvalue": None,
@@ -61,6 +79,7 @@ _SGD_DEFAULTS: dict[str, Any] = {
     "loss_scale_factor": None,
     "gradient_accumulation_steps": None,
 }
+_KIND_DEFAULTS: dict[str, dict[str, Any]] = {"sgd": {"nesterov": False}, "adam": {"amsgrad": False}, "rmsprop": {}}
 
 
 # -- compile() -> TrainingSpec ------------------------------------------------------------------
@@ -93,36 +112,53 @@ def _loss(model: Any) -> tuple[Loss, bool]:
     return kind, bool(config.get("from_logits", False))
 
 
-def _is_keras_sgd(opt: Any) -> bool:
-    """Keras' own SGD: ``keras.optimizers.SGD`` or the active backend's SGD (with the torch
-    backend it is a subclass, ``keras.src.backend.torch.optimizers.torch_sgd.SGD``); never a
-    user subclass, whose update may differ from the one computed under encryption."""
+def _keras_optimizer_kind(opt: Any) -> str | None:
+    """"sgd", "adam" or "rmsprop" for Keras' own optimizer classes: ``keras.optimizers.X`` or
+    the active backend's X (with the torch backend a subclass such as
+    ``keras.src.backend.torch.optimizers.torch_sgd.SGD``); never a user subclass, whose
+    update may differ from the one computed under encryption."""
     import keras
 
     cls = type(opt)
-    return isinstance(opt, keras.optimizers.SGD) and cls.__name__ == "SGD" and cls.__module__.startswith("keras.")
+    if not cls.__module__.startswith("keras."):
+        return None
+    for kind, base in (("sgd", keras.optimizers.SGD), ("adam", keras.optimizers.Adam),
+                       ("rmsprop", keras.optimizers.RMSprop)):
+        if isinstance(opt, base) and cls.__name__ == base.__name__:
+            return kind
+    return None
 
 
-def _optimizer(model: Any) -> SGDSpec:
-    import keras
-
+def _optimizer(model: Any) -> SGDSpec | AdamSpec | RMSpropSpec:
     opt = getattr(model, "optimizer", None)
     if opt is None:
         raise TrainingRefused(f"the model is not compiled with an optimizer; use {SUPPORTED_OPTIMIZER}")
-    if not _is_keras_sgd(opt):
+    kind = _keras_optimizer_kind(opt)
+    if kind is None:
         raise TrainingRefused(
-            f"optimizer {type(opt).__name__} is not supported by encrypted training (its update needs "
-            f"divisions and square roots of secret values); use {SUPPORTED_OPTIMIZER}"
+            f"optimizer {type(opt).__name__} is not supported by encrypted training (only Keras' own SGD, "
+            f"Adam and RMSprop have a secure update here); use {SUPPORTED_OPTIMIZER}"
         )
+    name = type(opt).__name__
     config = opt.get_config()
-    for key, default in _SGD_DEFAULTS.items():
+    unsupported = dict(_COMMON_DEFAULTS, **_KIND_DEFAULTS[kind])
+    for key, default in unsupported.items():
         if config.get(key, default) not in (default, 0.0 if default is None else default):
-            raise TrainingRefused(f"SGD option {key}={config[key]!r} is not supported; use {SUPPORTED_OPTIMIZER} with {key}={default!r}")
+            raise TrainingRefused(
+                f"{name} option {key}={config[key]!r} is not supported by encrypted training; use "
+                f"{SUPPORTED_OPTIMIZER} with {key}={default!r}"
+            )
     rate = config.get("learning_rate")
     if not isinstance(rate, (int, float)):
         raise TrainingRefused(
-            f"SGD learning_rate must be a constant float, received a schedule ({rate!r}); use {SUPPORTED_OPTIMIZER}"
+            f"{name} learning_rate must be a constant float, received a schedule ({rate!r}); use {SUPPORTED_OPTIMIZER}"
         )
+    if kind == "adam":
+        return AdamSpec(learning_rate=float(rate), beta_1=float(config["beta_1"]), beta_2=float(config["beta_2"]),
+                        epsilon=float(config["epsilon"]))
+    if kind == "rmsprop":
+        return RMSpropSpec(learning_rate=float(rate), rho=float(config["rho"]), momentum=float(config["momentum"]),
+                           epsilon=float(config["epsilon"]), centered=bool(config["centered"]))
     return SGDSpec(learning_rate=float(rate), momentum=float(config.get("momentum", 0.0)))
 
 

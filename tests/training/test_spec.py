@@ -44,9 +44,18 @@ def test_supported_losses(loss, activation, kind, from_logits):
 @pytest.mark.parametrize(
     ("optimizer", "message"),
     [
-        (keras.optimizers.Adam(), "optimizer Adam is not supported.*SGD\\(learning_rate=<float>"),
-        (keras.optimizers.RMSprop(), "optimizer RMSprop is not supported"),
-        (keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), "nesterov=True is not supported"),
+        (keras.optimizers.Adamax(), "optimizer Adamax is not supported.*SGD\\(learning_rate=<float>"),
+        (keras.optimizers.Nadam(), "optimizer Nadam is not supported.*Adam\\(learning_rate=<float>"),
+        (keras.optimizers.AdamW(), "optimizer AdamW is not supported"),
+        (keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), "SGD option nesterov=True is not supported"),
+        (keras.optimizers.Adam(amsgrad=True), "Adam option amsgrad=True is not supported"),
+        (keras.optimizers.Adam(weight_decay=1e-4), "Adam option weight_decay=0.0001 is not supported"),
+        (keras.optimizers.Adam(clipvalue=0.5), "Adam option clipvalue=0.5 is not supported"),
+        (keras.optimizers.RMSprop(clipnorm=1.0), "RMSprop option clipnorm=1.0 is not supported"),
+        (keras.optimizers.RMSprop(use_ema=True), "RMSprop option use_ema=True is not supported"),
+        (keras.optimizers.Adam(gradient_accumulation_steps=2), "gradient_accumulation_steps=2 is not supported"),
+        (keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)),
+         "Adam learning_rate must be a constant float, received a schedule"),
         (keras.optimizers.SGD(0.1, weight_decay=1e-4), "weight_decay=0.0001 is not supported"),
         (keras.optimizers.SGD(0.1, clipnorm=1.0), "clipnorm=1.0 is not supported"),
         (keras.optimizers.SGD(0.1, global_clipnorm=1.0), "global_clipnorm=1.0 is not supported"),
@@ -64,6 +73,24 @@ def test_unsupported_optimizers_are_refused_saying_what_is_supported(optimizer, 
 
 class _MySGD(keras.optimizers.SGD):
     """A user subclass: its update may differ from plain SGD, so it must be refused."""
+
+
+def test_adam_and_rmsprop_are_read_with_every_setting():
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(0.002, beta_1=0.8, beta_2=0.99, epsilon=1e-5),
+                  loss="sparse_categorical_crossentropy")
+    spec = training_spec(model).optimizer
+    assert spec.kind == "adam"
+    assert (spec.learning_rate, spec.beta_1, spec.beta_2, spec.epsilon) == (
+        pytest.approx(0.002), pytest.approx(0.8), pytest.approx(0.99), pytest.approx(1e-5))
+    model.compile(optimizer=keras.optimizers.RMSprop(0.01, rho=0.8, momentum=0.5, epsilon=1e-6, centered=True),
+                  loss="sparse_categorical_crossentropy")
+    spec = training_spec(model).optimizer
+    assert spec.kind == "rmsprop" and spec.centered
+    assert (spec.learning_rate, spec.rho, spec.momentum, spec.epsilon) == (
+        pytest.approx(0.01), pytest.approx(0.8), pytest.approx(0.5), pytest.approx(1e-6))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    assert training_spec(model).optimizer.learning_rate == pytest.approx(0.001)
 
 
 def test_a_subclass_of_sgd_is_refused_and_each_keras_backends_own_sgd_accepted():
