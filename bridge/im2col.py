@@ -85,26 +85,34 @@ def im2col_plan(
     kw: int,
     strides: tuple[int, int] | list[int],
     padding: str,
+    dilation: tuple[int, int] | list[int] = (1, 1),
 ) -> Im2ColPlan:
     """The plan for a (kh, kw) window with ``strides`` and Keras ``padding`` over (h, w, c) images.
 
+    ``dilation`` spaces the window's taps (a dilated convolution): the window spans
+    (k - 1) d + 1 cells, which is what 'same' padding and the output size count.
     Plans are cached and their arrays read-only: they depend on shapes alone.
     """
     sh, sw = strides
-    return _plan(int(h), int(w), int(c), int(kh), int(kw), int(sh), int(sw), str(padding))
+    dh, dw = dilation
+    return _plan(int(h), int(w), int(c), int(kh), int(kw), int(sh), int(sw), str(padding), int(dh), int(dw))
 
 
 @lru_cache(maxsize=256)
-def _plan(h: int, w: int, c: int, kh: int, kw: int, sh: int, sw: int, padding: str) -> Im2ColPlan:
+def _plan(
+    h: int, w: int, c: int, kh: int, kw: int, sh: int, sw: int, padding: str, dh: int = 1, dw: int = 1
+) -> Im2ColPlan:
     if min(h, w, c) < 1:
         raise ValueError(f"im2col needs a non-empty (h, w, c) image, received {(h, w, c)}")
-    pads_h, out_h = _axis(h, kh, sh, padding, "rows")
-    pads_w, out_w = _axis(w, kw, sw, padding, "columns")
+    if min(dh, dw) < 1:
+        raise ValueError(f"dilation must be >= 1, received {(dh, dw)}")
+    pads_h, out_h = _axis(h, (kh - 1) * dh + 1, sh, padding, "rows")
+    pads_w, out_w = _axis(w, (kw - 1) * dw + 1, sw, padding, "columns")
     wp = w + pads_w[0] + pads_w[1]
 
     # Top-left corner of each window in the padded image, then offsets inside a window.
-    rows = (np.arange(out_h) * sh)[:, None, None, None, None] + np.arange(kh)[None, None, :, None, None]
-    cols = (np.arange(out_w) * sw)[None, :, None, None, None] + np.arange(kw)[None, None, None, :, None]
+    rows = (np.arange(out_h) * sh)[:, None, None, None, None] + (np.arange(kh) * dh)[None, None, :, None, None]
+    cols = (np.arange(out_w) * sw)[None, :, None, None, None] + (np.arange(kw) * dw)[None, None, None, :, None]
     chans = np.arange(c)[None, None, None, None, :]
     indices = ((rows * wp + cols) * c + chans).reshape(out_h * out_w, kh * kw * c).astype(np.int64)
 

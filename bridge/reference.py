@@ -10,6 +10,7 @@ backends gather with.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -33,20 +34,48 @@ def _dense(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
     return y + p["bias"] if node.op.use_bias else y
 
 
-def _window_plan(op: irops.Conv2D | irops.AvgPool2D | irops.MaxPool2D, x: np.ndarray):
+def _window_plan(op: irops.Conv2D | irops.DepthwiseConv2D | irops.AvgPool2D | irops.MaxPool2D, x: np.ndarray):
     _, h, w, c = x.shape
-    kh, kw = op.kernel_size if isinstance(op, irops.Conv2D) else op.pool_size
-    return im2col_plan(h, w, c, kh, kw, op.strides, op.padding)
+    if isinstance(op, (irops.AvgPool2D, irops.MaxPool2D)):
+        return im2col_plan(h, w, c, *op.pool_size, op.strides, op.padding)
+    return im2col_plan(h, w, c, *op.kernel_size, op.strides, op.padding, op.dilation_rate)
 
 
 def _conv2d(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
-    x, kernel = xs[0], p["kernel"]
+    """Group g convolves channels [g C/G, (g+1) C/G) into filters [g F/G, (g+1) F/G)."""
+    x, kernel, groups = xs[0], p["kernel"], node.op.groups
+    n, c, filters = x.shape[0], x.shape[3], kernel.shape[-1]
     plan = _window_plan(node.op, x)
-    cols = extract_patches(plan, x)  # (n, positions, kh * kw * C)
-    y = cols @ kernel.reshape(plan.window_size, kernel.shape[-1])
+    taps = kernel.shape[0] * kernel.shape[1]
+    cols = extract_patches(plan, x).reshape(n, plan.positions, taps, groups, c // groups)
+    weights = kernel.reshape(taps, c // groups, groups, filters // groups)
+    y = np.einsum("nptgc,tcgf->npgf", cols, weights)
     if node.op.use_bias:
-        y = y + p["bias"]
-    return y.reshape(x.shape[0], plan.out_h, plan.out_w, kernel.shape[-1])
+        y = y.reshape(n, plan.positions, filters) + p["bias"]
+    return y.reshape(n, plan.out_h, plan.out_w, filters)
+
+
+def _depthwise_conv2d(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    """Output channel c M + m is channel c's window times kernel[..., c, m]."""
+    x, kernel = xs[0], p["kernel"]
+    n, c = x.shape[0], x.shape[3]
+    plan = _window_plan(node.op, x)
+    cols = extract_patches(plan, x).reshape(n, plan.positions, -1, c)
+    y = np.einsum("nptc,tcm->npcm", cols, kernel.reshape(-1, c, kernel.shape[-1]))
+    y = y.reshape(n, plan.out_h, plan.out_w, -1)
+    return y + p["bias"] if node.op.use_bias else y
+
+
+def _via_2d(rule2d: ForwardRule) -> ForwardRule:
+    """A 1-D op as its 2-D form on (n, 1, steps, C) images, kernels given a leading 1."""
+
+    def rule(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+        lifted = node.model_copy(update={"op": node.op.as_2d()})
+        params = {r: (v[None] if r == "kernel" else v) for r, v in p.items()}
+        y = rule2d(lifted, [xs[0][:, None]], params)
+        return y[:, 0]
+
+    return rule
 
 
 def _avg_pool2d(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
@@ -67,8 +96,113 @@ def _max_pool2d(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
     return patches.max(axis=2).reshape(n, plan.out_h, plan.out_w, c)
 
 
-def _global_avg_pool2d(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
-    return xs[0].mean(axis=(1, 2))
+def _spatial_axes(x: np.ndarray) -> tuple[int, ...]:
+    return tuple(range(1, x.ndim - 1))
+
+
+def _global_avg(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return xs[0].mean(axis=_spatial_axes(xs[0]), keepdims=node.op.keepdims)
+
+
+def _global_max(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return xs[0].max(axis=_spatial_axes(xs[0]), keepdims=node.op.keepdims)
+
+
+def _upsample2d(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    sh, sw = node.op.size
+    return np.repeat(np.repeat(xs[0], sh, axis=1), sw, axis=2)
+
+
+def _upsample1d(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return np.repeat(xs[0], node.op.size, axis=1)
+
+
+def _pad(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return np.pad(xs[0], [(0, 0), *node.op.pads])
+
+
+def _crop(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    index = tuple(slice(b, d - a) for d, (b, a) in zip(xs[0].shape[1:], node.op.crops))
+    return xs[0][(slice(None), *index)]
+
+
+def _transpose(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return xs[0].transpose(0, *(a + 1 for a in node.op.perm))
+
+
+def _repeat_vector(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return np.repeat(xs[0][:, None, :], node.op.n, axis=1)
+
+
+def _concat(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return np.concatenate(xs, axis=node.op.axis % (xs[0].ndim - 1) + 1)
+
+
+def _subtract(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return xs[0] - xs[1]
+
+
+def _multiply(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    out = xs[0].copy()
+    for x in xs[1:]:
+        out *= x
+    return out
+
+
+def _average(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return _add(node, xs, p) / len(xs)
+
+
+def _maximum(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return np.maximum.reduce(xs)
+
+
+def _minimum(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return np.minimum.reduce(xs)
+
+
+def _prelu(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    x = xs[0]
+    return np.where(x >= 0, x, p["alpha"] * x)
+
+
+def _rescale(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return xs[0] * np.asarray(node.op.scale) + np.asarray(node.op.offset)
+
+
+def _elu(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    x = xs[0]
+    return np.where(x > 0, x, node.op.alpha * np.expm1(np.minimum(x, 0.0)))
+
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _gelu(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    x = xs[0]
+    if node.op.approximate:
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+
+
+def _silu(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return xs[0] * _sigmoid(node, xs, p)
+
+
+def _hard_sigmoid(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return np.clip(xs[0] / 6.0 + 0.5, 0.0, 1.0)
+
+
+def _hard_silu(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return xs[0] * _hard_sigmoid(node, xs, p)
+
+
+def _softplus(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return np.logaddexp(0.0, xs[0])
+
+
+def _softsign(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    return xs[0] / (1.0 + np.abs(xs[0]))
 
 
 def _flatten(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
@@ -87,7 +221,12 @@ def _add(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
 
 
 def _relu(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
-    return np.maximum(xs[0], 0.0)
+    """Keras' relu: x above threshold (clipped at max_value), negative_slope (x - threshold) below."""
+    op, x = node.op, xs[0]
+    if op.plain:
+        return np.maximum(x, 0.0)
+    y = np.where(x > op.threshold, x, op.negative_slope * (x - op.threshold))
+    return y if op.max_value is None else np.where(x >= op.max_value, op.max_value, y)
 
 
 def _sigmoid(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
@@ -99,15 +238,29 @@ def _tanh(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
     return np.tanh(xs[0])
 
 
+def _full_axis(axis: int, x: np.ndarray) -> int:
+    """A feature-axis index as an axis of the batched array."""
+    return axis % (x.ndim - 1) + 1
+
+
 def _softmax(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
-    shifted = xs[0] - xs[0].max(axis=-1, keepdims=True)
+    axis = _full_axis(node.op.axis, xs[0])
+    shifted = xs[0] - xs[0].max(axis=axis, keepdims=True)
     e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def channel_shape(axis: int, x_ndim: int, channels: int) -> tuple[int, ...]:
+    """Per-channel parameters of a feature axis, shaped to broadcast over a batched array."""
+    shape = [1] * x_ndim
+    shape[axis % (x_ndim - 1) + 1] = channels
+    return tuple(shape)
 
 
 def _batch_norm(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
-    inv_std = 1.0 / np.sqrt(p["moving_variance"] + node.op.epsilon)
-    return p["gamma"] * (xs[0] - p["moving_mean"]) * inv_std + p["beta"]
+    shape = channel_shape(node.op.axis, xs[0].ndim, p["gamma"].shape[0])
+    g, b, m, v = (p[r].reshape(shape) for r in ("gamma", "beta", "moving_mean", "moving_variance"))
+    return g * (xs[0] - m) / np.sqrt(v + node.op.epsilon) + b
 
 
 def _identity(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
@@ -119,7 +272,7 @@ REFERENCE_FORWARD: dict[str, ForwardRule] = {
     "conv2d": _conv2d,
     "avg_pool2d": _avg_pool2d,
     "max_pool2d": _max_pool2d,
-    "global_avg_pool2d": _global_avg_pool2d,
+    "global_avg_pool2d": _global_avg,
     "flatten": _flatten,
     "reshape": _reshape,
     "add": _add,
@@ -129,6 +282,35 @@ REFERENCE_FORWARD: dict[str, ForwardRule] = {
     "softmax": _softmax,
     "batch_norm": _batch_norm,
     "identity": _identity,
+    "conv1d": _via_2d(_conv2d),
+    "depthwise_conv2d": _depthwise_conv2d,
+    "depthwise_conv1d": _via_2d(_depthwise_conv2d),
+    "avg_pool1d": _via_2d(_avg_pool2d),
+    "max_pool1d": _via_2d(_max_pool2d),
+    "global_max_pool2d": _global_max,
+    "global_avg_pool1d": _global_avg,
+    "global_max_pool1d": _global_max,
+    "upsample2d": _upsample2d,
+    "upsample1d": _upsample1d,
+    "pad": _pad,
+    "crop": _crop,
+    "transpose": _transpose,
+    "repeat_vector": _repeat_vector,
+    "concat": _concat,
+    "subtract": _subtract,
+    "multiply": _multiply,
+    "average": _average,
+    "maximum": _maximum,
+    "minimum": _minimum,
+    "prelu": _prelu,
+    "rescale": _rescale,
+    "elu": _elu,
+    "gelu": _gelu,
+    "silu": _silu,
+    "hard_sigmoid": _hard_sigmoid,
+    "hard_silu": _hard_silu,
+    "softplus": _softplus,
+    "softsign": _softsign,
 }
 
 

@@ -1,18 +1,28 @@
-"""Opset v1: every op the IR knows, each with typed attributes.
+"""The opset: every op the IR knows, each with typed attributes.
 
 An op is a pydantic model whose ``kind`` field is the discriminator, so a Node's
 attributes are validated per op (like an ONNX schema) instead of living in a
 free-form dict.  Adding an op means adding one class here and one entry in each
 rule table (shapes, reference, secure forward/backward).
+
+Versions: v1 had the 14 kinds of ``V1_KINDS``; v2 adds padding and cropping,
+1-D / dilated / grouped / depthwise convolutions, 1-D and global max pools,
+upsampling, the merging ops, PReLU, rescaling, the smooth activations and the
+shape ops, and gives existing ops new attributes whose defaults keep v1 meaning
+(``Relu.max_value``, ``Softmax.axis``, ``BatchNorm.axis``, ``Conv2D.dilation_rate``
+...).  A Program records the opset it was written with; a v1 Program still loads.
+
+Axes: ``axis``/``perm``/``pads`` attributes count *feature* axes (the batch axis
+excluded; negative values count from the end), so an op never touches the batch.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-OPSET_VERSION = 1
+OPSET_VERSION = 2
 
 
 class _Op(BaseModel):
@@ -29,12 +39,28 @@ class _Op(BaseModel):
         return 1
 
 
+class _Merge(_Op):
+    """An op of two or more inputs."""
+
+    @property
+    def arity(self) -> int | None:
+        return None
+
+
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
     if len(value) != 2:
         raise ValueError(f"expected an int or a pair of ints, received {value!r}")
     return (int(value[0]), int(value[1]))
+
+
+def _single(value: int | tuple[int] | list[int]) -> int:
+    if isinstance(value, int):
+        return value
+    if len(value) != 1:
+        raise ValueError(f"expected an int or a 1-tuple, received {value!r}")
+    return int(value[0])
 
 
 class _Window(_Op):
@@ -50,6 +76,19 @@ class _Window(_Op):
         return _pair(v)
 
 
+class _Window1D(_Op):
+    """Shared by 1-D pools over (batch, steps, channels): the 2-D pool on a (1, steps) image."""
+
+    pool_size: int = Field(gt=0)
+    strides: int = Field(gt=0)
+    padding: Literal["valid", "same"] = "valid"
+
+    @field_validator("pool_size", "strides", mode="before")
+    @classmethod
+    def _as_int(cls, v):  # noqa: N805
+        return _single(v)
+
+
 class Dense(_Op):
     kind: Literal["dense"] = "dense"
     units: int = Field(gt=0)
@@ -61,14 +100,76 @@ class Dense(_Op):
 
 
 class Conv2D(_Op):
+    """Keras Conv2D: kernel (kh, kw, C / groups, filters); group g reads channels
+    [g C/G, (g+1) C/G) and writes filters [g F/G, (g+1) F/G)."""
+
     kind: Literal["conv2d"] = "conv2d"
     filters: int = Field(gt=0)
     kernel_size: tuple[int, int]
     strides: tuple[int, int] = (1, 1)
     padding: Literal["valid", "same"] = "valid"
     use_bias: bool = True
+    dilation_rate: tuple[int, int] = (1, 1)
+    groups: int = Field(default=1, gt=0)
 
-    @field_validator("kernel_size", "strides", mode="before")
+    @field_validator("kernel_size", "strides", "dilation_rate", mode="before")
+    @classmethod
+    def _as_pair(cls, v):  # noqa: N805
+        return _pair(v)
+
+    @model_validator(mode="after")
+    def _one_of_strides_or_dilation(self) -> "Conv2D":
+        if self.strides != (1, 1) and self.dilation_rate != (1, 1):
+            raise ValueError("strides > 1 together with dilation_rate > 1 is not defined (as in Keras)")
+        if self.filters % self.groups:
+            raise ValueError(f"filters={self.filters} must be divisible by groups={self.groups}")
+        return self
+
+    @property
+    def param_roles(self) -> tuple[str, ...]:
+        return ("kernel", "bias") if self.use_bias else ("kernel",)
+
+
+class Conv1D(_Op):
+    """Keras Conv1D ('valid'/'same'; 'causal' is a left Pad then 'valid'): the 2-D rule on a
+    (1, steps) image with kernel (1, k, C / groups, filters)."""
+
+    kind: Literal["conv1d"] = "conv1d"
+    filters: int = Field(gt=0)
+    kernel_size: int = Field(gt=0)
+    strides: int = Field(default=1, gt=0)
+    padding: Literal["valid", "same"] = "valid"
+    use_bias: bool = True
+    dilation_rate: int = Field(default=1, gt=0)
+    groups: int = Field(default=1, gt=0)
+
+    @field_validator("kernel_size", "strides", "dilation_rate", mode="before")
+    @classmethod
+    def _as_int(cls, v):  # noqa: N805
+        return _single(v)
+
+    @property
+    def param_roles(self) -> tuple[str, ...]:
+        return ("kernel", "bias") if self.use_bias else ("kernel",)
+
+    def as_2d(self) -> Conv2D:
+        return Conv2D(filters=self.filters, kernel_size=(1, self.kernel_size), strides=(1, self.strides),
+                      padding=self.padding, use_bias=self.use_bias, dilation_rate=(1, self.dilation_rate),
+                      groups=self.groups)
+
+
+class DepthwiseConv2D(_Op):
+    """Keras DepthwiseConv2D: kernel (kh, kw, C, M); output channel c M + m reads channel c only."""
+
+    kind: Literal["depthwise_conv2d"] = "depthwise_conv2d"
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: Literal["valid", "same"] = "valid"
+    depth_multiplier: int = Field(default=1, gt=0)
+    dilation_rate: tuple[int, int] = (1, 1)
+    use_bias: bool = True
+
+    @field_validator("kernel_size", "strides", "dilation_rate", mode="before")
     @classmethod
     def _as_pair(cls, v):  # noqa: N805
         return _pair(v)
@@ -76,6 +177,32 @@ class Conv2D(_Op):
     @property
     def param_roles(self) -> tuple[str, ...]:
         return ("kernel", "bias") if self.use_bias else ("kernel",)
+
+
+class DepthwiseConv1D(_Op):
+    """Keras DepthwiseConv1D (and SeparableConv1D's first half): kernel (k, C, M)."""
+
+    kind: Literal["depthwise_conv1d"] = "depthwise_conv1d"
+    kernel_size: int = Field(gt=0)
+    strides: int = Field(default=1, gt=0)
+    padding: Literal["valid", "same"] = "valid"
+    depth_multiplier: int = Field(default=1, gt=0)
+    dilation_rate: int = Field(default=1, gt=0)
+    use_bias: bool = True
+
+    @field_validator("kernel_size", "strides", "dilation_rate", mode="before")
+    @classmethod
+    def _as_int(cls, v):  # noqa: N805
+        return _single(v)
+
+    @property
+    def param_roles(self) -> tuple[str, ...]:
+        return ("kernel", "bias") if self.use_bias else ("kernel",)
+
+    def as_2d(self) -> DepthwiseConv2D:
+        return DepthwiseConv2D(kernel_size=(1, self.kernel_size), strides=(1, self.strides), padding=self.padding,
+                               depth_multiplier=self.depth_multiplier, dilation_rate=(1, self.dilation_rate),
+                               use_bias=self.use_bias)
 
 
 class AvgPool2D(_Window):
@@ -86,8 +213,69 @@ class MaxPool2D(_Window):
     kind: Literal["max_pool2d"] = "max_pool2d"
 
 
+class AvgPool1D(_Window1D):
+    kind: Literal["avg_pool1d"] = "avg_pool1d"
+
+    def as_2d(self) -> AvgPool2D:
+        return AvgPool2D(pool_size=(1, self.pool_size), strides=(1, self.strides), padding=self.padding)
+
+
+class MaxPool1D(_Window1D):
+    kind: Literal["max_pool1d"] = "max_pool1d"
+
+    def as_2d(self) -> MaxPool2D:
+        return MaxPool2D(pool_size=(1, self.pool_size), strides=(1, self.strides), padding=self.padding)
+
+
 class GlobalAvgPool2D(_Op):
     kind: Literal["global_avg_pool2d"] = "global_avg_pool2d"
+    keepdims: bool = False
+
+
+class GlobalMaxPool2D(_Op):
+    kind: Literal["global_max_pool2d"] = "global_max_pool2d"
+    keepdims: bool = False
+
+
+class GlobalAvgPool1D(_Op):
+    kind: Literal["global_avg_pool1d"] = "global_avg_pool1d"
+    keepdims: bool = False
+
+
+class GlobalMaxPool1D(_Op):
+    kind: Literal["global_max_pool1d"] = "global_max_pool1d"
+    keepdims: bool = False
+
+
+class UpSample2D(_Op):
+    """Nearest-neighbour upsampling of NHWC images: each cell repeated (sh, sw) times."""
+
+    kind: Literal["upsample2d"] = "upsample2d"
+    size: tuple[int, int]
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _as_pair(cls, v):  # noqa: N805
+        return _pair(v)
+
+
+class UpSample1D(_Op):
+    kind: Literal["upsample1d"] = "upsample1d"
+    size: int = Field(gt=0)
+
+
+class Pad(_Op):
+    """Zero padding: one (before, after) pair per feature axis (ZeroPadding1D/2D, causal Conv1D)."""
+
+    kind: Literal["pad"] = "pad"
+    pads: tuple[tuple[int, int], ...]
+
+
+class Crop(_Op):
+    """Cropping: one (before, after) pair of cells dropped per feature axis (Cropping1D/2D)."""
+
+    kind: Literal["crop"] = "crop"
+    crops: tuple[tuple[int, int], ...]
 
 
 class Flatten(_Op):
@@ -100,16 +288,92 @@ class Reshape(_Op):
     target_shape: tuple[int, ...]
 
 
-class Add(_Op):
+class Transpose(_Op):
+    """Permute the feature axes (Keras Permute with dims = perm + 1)."""
+
+    kind: Literal["transpose"] = "transpose"
+    perm: tuple[int, ...]
+
+
+class RepeatVector(_Op):
+    """(batch, features) -> (batch, n, features)."""
+
+    kind: Literal["repeat_vector"] = "repeat_vector"
+    n: int = Field(gt=0)
+
+
+class Concat(_Merge):
+    kind: Literal["concat"] = "concat"
+    axis: int = -1
+
+
+class Add(_Merge):
     kind: Literal["add"] = "add"
+
+
+class Subtract(_Op):
+    kind: Literal["subtract"] = "subtract"
 
     @property
     def arity(self) -> int | None:
-        return None
+        return 2
+
+
+class Multiply(_Merge):
+    """Elementwise product of secret values (one Beaver product per extra input)."""
+
+    kind: Literal["multiply"] = "multiply"
+
+
+class Average(_Merge):
+    kind: Literal["average"] = "average"
+
+
+class Maximum(_Merge):
+    kind: Literal["maximum"] = "maximum"
+
+
+class Minimum(_Merge):
+    kind: Literal["minimum"] = "minimum"
 
 
 class Relu(_Op):
+    """Keras' relu: max_value where x >= max_value; x where threshold <= x < max_value;
+    negative_slope (x - threshold) below threshold (LeakyReLU: negative_slope only)."""
+
     kind: Literal["relu"] = "relu"
+    max_value: float | None = None
+    negative_slope: float = 0.0
+    threshold: float = 0.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Relu":
+        if self.max_value is not None and self.max_value < self.threshold:
+            raise ValueError(f"max_value={self.max_value} must be >= threshold={self.threshold}")
+        return self
+
+    @property
+    def plain(self) -> bool:
+        """max(x, 0) exactly."""
+        return self.max_value is None and self.negative_slope == 0.0 and self.threshold == 0.0
+
+
+class PRelu(_Op):
+    """x for x >= 0, alpha x below, with a learned alpha broadcast over the feature shape."""
+
+    kind: Literal["prelu"] = "prelu"
+
+    @property
+    def param_roles(self) -> tuple[str, ...]:
+        return ("alpha",)
+
+
+class Rescale(_Op):
+    """y = x * scale + offset with public constants (scalars, or one per last-axis channel)."""
+
+    kind: Literal["rescale"] = "rescale"
+    scale: float | tuple[float, ...] = 1.0
+    offset: float | tuple[float, ...] = 0.0
 
 
 class Sigmoid(_Op):
@@ -122,14 +386,53 @@ class Tanh(_Op):
 
 class Softmax(_Op):
     kind: Literal["softmax"] = "softmax"
-    axis: Literal[-1] = -1
+    axis: int = -1
+
+
+class Elu(_Op):
+    kind: Literal["elu"] = "elu"
+    alpha: float = 1.0
+
+
+class Gelu(_Op):
+    """x Phi(x) (approximate=False, erf form) or Keras' tanh form (approximate=True)."""
+
+    kind: Literal["gelu"] = "gelu"
+    approximate: bool = False
+
+
+class Silu(_Op):
+    """x sigmoid(x) (swish)."""
+
+    kind: Literal["silu"] = "silu"
+
+
+class HardSigmoid(_Op):
+    """Keras 3: relu6(x + 3) / 6 = clip(x / 6 + 1/2, 0, 1)."""
+
+    kind: Literal["hard_sigmoid"] = "hard_sigmoid"
+
+
+class HardSilu(_Op):
+    """x hard_sigmoid(x) (hard swish)."""
+
+    kind: Literal["hard_silu"] = "hard_silu"
+
+
+class Softplus(_Op):
+    kind: Literal["softplus"] = "softplus"
+
+
+class Softsign(_Op):
+    kind: Literal["softsign"] = "softsign"
 
 
 class BatchNorm(_Op):
-    """Inference-form batch normalisation over the last axis."""
+    """Inference-form batch normalisation over one feature axis (the last by default)."""
 
     kind: Literal["batch_norm"] = "batch_norm"
     epsilon: float = Field(gt=0.0)
+    axis: int = -1
 
     @property
     def param_roles(self) -> tuple[str, ...]:
@@ -158,11 +461,41 @@ Op = Annotated[
         Softmax,
         BatchNorm,
         Identity,
+        # -- opset v2 --
+        Conv1D,
+        DepthwiseConv2D,
+        DepthwiseConv1D,
+        AvgPool1D,
+        MaxPool1D,
+        GlobalMaxPool2D,
+        GlobalAvgPool1D,
+        GlobalMaxPool1D,
+        UpSample2D,
+        UpSample1D,
+        Pad,
+        Crop,
+        Transpose,
+        RepeatVector,
+        Concat,
+        Subtract,
+        Multiply,
+        Average,
+        Maximum,
+        Minimum,
+        PRelu,
+        Rescale,
+        Elu,
+        Gelu,
+        Silu,
+        HardSigmoid,
+        HardSilu,
+        Softplus,
+        Softsign,
     ],
     Field(discriminator="kind"),
 ]
 
-OP_KINDS: tuple[str, ...] = (
+V1_KINDS: tuple[str, ...] = (
     "dense",
     "conv2d",
     "avg_pool2d",
@@ -178,3 +511,34 @@ OP_KINDS: tuple[str, ...] = (
     "batch_norm",
     "identity",
 )
+
+OP_KINDS: tuple[str, ...] = tuple(
+    cls.model_fields["kind"].default for cls in get_args(get_args(Op)[0])
+)
+
+#: op kind -> the opset version that introduced it
+SINCE: dict[str, int] = {kind: 1 if kind in V1_KINDS else 2 for kind in OP_KINDS}
+
+#: op kind -> why encrypted training refuses it; checked before training starts
+#: (``reference_train.loss_head``), so a model is refused when it is prepared, never mid-fit
+SERVING_ONLY: dict[str, str] = {
+    kind: "its backward rule is not written yet; it runs in encrypted serving only"
+    for kind in OP_KINDS
+    if SINCE[kind] > 1
+}
+
+
+def training_refusal(op: _Op) -> str | None:
+    """Why encrypted training cannot run this op (None: it can): serving-only kinds, and v1
+    kinds given v2 options their backward rules do not cover."""
+    if op.kind in SERVING_ONLY:
+        return SERVING_ONLY[op.kind]
+    unsupported = {
+        "relu": isinstance(op, Relu) and not op.plain,
+        "softmax": isinstance(op, Softmax) and op.axis != -1,
+        "conv2d": isinstance(op, Conv2D) and (op.groups != 1 or op.dilation_rate != (1, 1)),
+        "global_avg_pool2d": isinstance(op, GlobalAvgPool2D) and op.keepdims,
+    }
+    if unsupported.get(op.kind):
+        return f"its options {op.model_dump(exclude={'kind'})} have no backward rule yet; it runs in encrypted serving only"
+    return None

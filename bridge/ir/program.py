@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bridge.ir.graph import Graph
-from bridge.ir.ops import OPSET_VERSION
+from bridge.ir.ops import OPSET_VERSION, SINCE
 from bridge.ir.placement import Placement
 
 SCHEMA_VERSION = 1
@@ -119,10 +119,26 @@ class Program(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    opset_version: Literal[1] = OPSET_VERSION
+    opset_version: int = OPSET_VERSION
     name: str = "model"
     graph: Graph
     placement: Placement
     numerics: Numerics = Numerics()
     privacy: PrivacyMode = PrivacyMode.NONE
     training: TrainingSpec | None = None
+
+    @model_validator(mode="after")
+    def _known_opset(self) -> "Program":
+        """Programs of every opset up to this library's load; a newer one is refused by name."""
+        if not 1 <= self.opset_version <= OPSET_VERSION:
+            raise ValueError(
+                f"program records opset v{self.opset_version}; this privacy-bridge reads opsets v1 to "
+                f"v{OPSET_VERSION}. Upgrade privacy-bridge, or re-export the model with this version."
+            )
+        for node in self.graph.nodes:
+            if SINCE[node.op.kind] > self.opset_version:
+                raise ValueError(
+                    f"node {node.name!r} uses op {node.op.kind!r}, which opset v{SINCE[node.op.kind]} "
+                    f"introduced, but the program records opset v{self.opset_version}; re-export it"
+                )
+        return self

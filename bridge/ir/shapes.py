@@ -50,18 +50,66 @@ def _spatial(x: Shape, what: str) -> tuple[int, int, int]:
     return x[0], x[1], x[2]
 
 
+def feature_axis(axis: int, rank: int, what: str) -> int:
+    """A feature-axis index (negative counts from the end) as 0..rank-1, or a ShapeError."""
+    if not -rank <= axis < rank:
+        raise ShapeError(f"{what} axis {axis} is out of range for a feature shape of rank {rank}")
+    return axis % rank
+
+
+def dilated(window: int, rate: int) -> int:
+    """The span of a window of ``window`` taps spaced ``rate`` apart."""
+    return (window - 1) * rate + 1
+
+
 def _conv2d(op: ops.Conv2D, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
     h, w, c = _spatial(xs[0], "conv2d")
     kh, kw = op.kernel_size
-    if ps["kernel"] != (kh, kw, c, op.filters):
-        raise ShapeError(f"conv2d kernel must be {(kh, kw, c, op.filters)}, received {ps['kernel']}")
+    if c % op.groups:
+        raise ShapeError(f"conv2d with groups={op.groups} needs channels divisible by it, received {c}")
+    expected = (kh, kw, c // op.groups, op.filters)
+    if ps["kernel"] != expected:
+        raise ShapeError(f"conv2d kernel must be {expected}, received {ps['kernel']}")
     if op.use_bias and ps["bias"] != (op.filters,):
         raise ShapeError(f"conv2d bias must be {(op.filters,)}, received {ps['bias']}")
-    oh = window_output(h, kh, op.strides[0], op.padding)
-    ow = window_output(w, kw, op.strides[1], op.padding)
+    oh = window_output(h, dilated(kh, op.dilation_rate[0]), op.strides[0], op.padding)
+    ow = window_output(w, dilated(kw, op.dilation_rate[1]), op.strides[1], op.padding)
     if oh < 1 or ow < 1:
         raise ShapeError(f"conv2d kernel {op.kernel_size} is larger than its input {(h, w)}")
     return (oh, ow, op.filters)
+
+
+def _depthwise_conv2d(op: ops.DepthwiseConv2D, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    h, w, c = _spatial(xs[0], op.kind)
+    kh, kw = op.kernel_size
+    out_c = c * op.depth_multiplier
+    if ps["kernel"] != (kh, kw, c, op.depth_multiplier):
+        raise ShapeError(f"{op.kind} kernel must be {(kh, kw, c, op.depth_multiplier)}, received {ps['kernel']}")
+    if op.use_bias and ps["bias"] != (out_c,):
+        raise ShapeError(f"{op.kind} bias must be {(out_c,)}, received {ps['bias']}")
+    oh = window_output(h, dilated(kh, op.dilation_rate[0]), op.strides[0], op.padding)
+    ow = window_output(w, dilated(kw, op.dilation_rate[1]), op.strides[1], op.padding)
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"{op.kind} kernel {op.kernel_size} is larger than its input {(h, w)}")
+    return (oh, ow, out_c)
+
+
+def _steps(x: Shape, what: str) -> tuple[int, int]:
+    if len(x) != 2:
+        raise ShapeError(f"{what} expects (batch, steps, channels) input, received (batch, {x})")
+    return x[0], x[1]
+
+
+def _via_2d(rule2d: Callable[..., Shape]) -> Callable[..., Shape]:
+    """A 1-D op's rule: its 2-D form on a (1, steps) image, kernels given a leading 1."""
+
+    def rule(op, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+        steps, c = _steps(xs[0], op.kind)
+        lifted = {r: ((1, *s) if r == "kernel" else s) for r, s in ps.items()}
+        _, out_steps, out_c = rule2d(op.as_2d(), [(1, steps, c)], lifted)
+        return (out_steps, out_c)
+
+    return rule
 
 
 def _pool(op: ops.AvgPool2D | ops.MaxPool2D, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
@@ -73,8 +121,93 @@ def _pool(op: ops.AvgPool2D | ops.MaxPool2D, xs: list[Shape], ps: dict[str, Shap
     return (oh, ow, c)
 
 
-def _global_pool(op: ops.GlobalAvgPool2D, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
-    return (_spatial(xs[0], op.kind)[2],)
+def _global_pool(op, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    rank = 2 if op.kind.endswith("1d") else 3
+    if len(xs[0]) != rank:
+        raise ShapeError(f"{op.kind} expects inputs of rank {rank + 1} (batch first), received (batch, {xs[0]})")
+    c = xs[0][-1]
+    return (*(1,) * (rank - 1), c) if op.keepdims else (c,)
+
+
+def _upsample2d(op: ops.UpSample2D, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    h, w, c = _spatial(xs[0], op.kind)
+    return (h * op.size[0], w * op.size[1], c)
+
+
+def _upsample1d(op: ops.UpSample1D, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    steps, c = _steps(xs[0], op.kind)
+    return (steps * op.size, c)
+
+
+def _pad(op: ops.Pad, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    if len(op.pads) != len(xs[0]) or any(b < 0 or a < 0 for b, a in op.pads):
+        raise ShapeError(f"pad needs one non-negative (before, after) pair per feature axis of {xs[0]}, "
+                         f"received {op.pads}")
+    return tuple(d + b + a for d, (b, a) in zip(xs[0], op.pads))
+
+
+def _crop(op: ops.Crop, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    if len(op.crops) != len(xs[0]) or any(b < 0 or a < 0 for b, a in op.crops):
+        raise ShapeError(f"crop needs one non-negative (before, after) pair per feature axis of {xs[0]}, "
+                         f"received {op.crops}")
+    out = tuple(d - b - a for d, (b, a) in zip(xs[0], op.crops))
+    if min(out) < 1:
+        raise ShapeError(f"cropping {op.crops} leaves nothing of an input of shape {xs[0]}")
+    return out
+
+
+def _transpose(op: ops.Transpose, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    if sorted(op.perm) != list(range(len(xs[0]))):
+        raise ShapeError(f"transpose perm {op.perm} is not a permutation of the feature axes of {xs[0]}")
+    return tuple(xs[0][i] for i in op.perm)
+
+
+def _repeat_vector(op: ops.RepeatVector, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    if len(xs[0]) != 1:
+        raise ShapeError(f"repeat_vector expects (batch, features) input, received (batch, {xs[0]})")
+    return (op.n, xs[0][0])
+
+
+def _concat(op: ops.Concat, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    if len(xs) < 2:
+        raise ShapeError(f"concat needs at least two inputs, received {len(xs)}")
+    rank = len(xs[0])
+    axis = feature_axis(op.axis, rank, "concat")
+    rest = {x[:axis] + x[axis + 1:] for x in xs}
+    if any(len(x) != rank for x in xs) or len(rest) > 1:
+        raise ShapeError(f"concat inputs must agree on every axis but {op.axis}, received {xs}")
+    return xs[0][:axis] + (sum(x[axis] for x in xs),) + xs[0][axis + 1:]
+
+
+def _same_shapes(op, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    if len(xs) < 2:
+        raise ShapeError(f"{op.kind} needs at least two inputs, received {len(xs)}")
+    if any(x != xs[0] for x in xs):
+        raise ShapeError(f"{op.kind} inputs must share one shape, received {xs}")
+    return xs[0]
+
+
+def _prelu(op: ops.PRelu, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    alpha = ps["alpha"]
+    if len(alpha) != len(xs[0]) or any(a not in (1, d) for a, d in zip(alpha, xs[0])):
+        raise ShapeError(f"prelu alpha of shape {alpha} does not broadcast over the features {xs[0]}")
+    return xs[0]
+
+
+def _channel_constants(value, channels: int, what: str) -> None:
+    if isinstance(value, tuple) and len(value) not in (1, channels):
+        raise ShapeError(f"rescale {what} has {len(value)} values; expected 1 or one per channel ({channels})")
+
+
+def _rescale(op: ops.Rescale, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    _channel_constants(op.scale, xs[0][-1], "scale")
+    _channel_constants(op.offset, xs[0][-1], "offset")
+    return xs[0]
+
+
+def _softmax(op: ops.Softmax, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    feature_axis(op.axis, len(xs[0]), "softmax")
+    return xs[0]
 
 
 def _flatten(op: ops.Flatten, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
@@ -96,20 +229,12 @@ def _reshape(op: ops.Reshape, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
     return tuple(target)
 
 
-def _add(op: ops.Add, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
-    if len(xs) < 2:
-        raise ShapeError(f"add needs at least two inputs, received {len(xs)}")
-    if any(x != xs[0] for x in xs):
-        raise ShapeError(f"add inputs must share one shape, received {xs}")
-    return xs[0]
-
-
 def _elementwise(op, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
     return xs[0]
 
 
 def _batch_norm(op: ops.BatchNorm, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
-    channels = xs[0][-1]
+    channels = xs[0][feature_axis(op.axis, len(xs[0]), "batch_norm")]
     for role in op.param_roles:
         if ps[role] != (channels,):
             raise ShapeError(f"batch_norm {role} must be {(channels,)}, received {ps[role]}")
@@ -124,13 +249,42 @@ SHAPE_RULES: dict[str, Callable[..., Shape]] = {
     "global_avg_pool2d": _global_pool,
     "flatten": _flatten,
     "reshape": _reshape,
-    "add": _add,
+    "add": _same_shapes,
     "relu": _elementwise,
     "sigmoid": _elementwise,
     "tanh": _elementwise,
-    "softmax": _elementwise,
+    "softmax": _softmax,
     "batch_norm": _batch_norm,
     "identity": _elementwise,
+    "conv1d": _via_2d(_conv2d),
+    "depthwise_conv2d": _depthwise_conv2d,
+    "depthwise_conv1d": _via_2d(_depthwise_conv2d),
+    "avg_pool1d": _via_2d(_pool),
+    "max_pool1d": _via_2d(_pool),
+    "global_max_pool2d": _global_pool,
+    "global_avg_pool1d": _global_pool,
+    "global_max_pool1d": _global_pool,
+    "upsample2d": _upsample2d,
+    "upsample1d": _upsample1d,
+    "pad": _pad,
+    "crop": _crop,
+    "transpose": _transpose,
+    "repeat_vector": _repeat_vector,
+    "concat": _concat,
+    "subtract": _same_shapes,
+    "multiply": _same_shapes,
+    "average": _same_shapes,
+    "maximum": _same_shapes,
+    "minimum": _same_shapes,
+    "prelu": _prelu,
+    "rescale": _rescale,
+    "elu": _elementwise,
+    "gelu": _elementwise,
+    "silu": _elementwise,
+    "hard_sigmoid": _elementwise,
+    "hard_silu": _elementwise,
+    "softplus": _elementwise,
+    "softsign": _elementwise,
 }
 
 

@@ -17,11 +17,11 @@ import numpy as np
 from bridge.im2col import Im2ColPlan, im2col_plan
 from bridge.ir import Node, Program
 from bridge.ir import ops as irops
-from bridge.mpc import functions
+from bridge.mpc import activations, functions
 from bridge.mpc.compare import ge_zero, mul_bit
 from bridge.mpc.kernels import RingKernels, Tensor
 from bridge.mpc.party import PartyContext
-from bridge.mpc.protocol import Masked, Shared, add, add_public, beaver, mul, mul_public, truncate
+from bridge.mpc.protocol import Masked, Shared, add, add_public, beaver, mul, mul_public, sub, truncate
 
 Param = Shared | Masked
 
@@ -62,6 +62,10 @@ MASKED_ROLES: dict[str, tuple[str, ...]] = {
     "dense": ("kernel",),
     "conv2d": ("kernel",),
     "batch_norm": ("scale",),
+    "conv1d": ("kernel",),
+    "depthwise_conv2d": ("kernel",),
+    "depthwise_conv1d": ("kernel",),
+    "prelu": ("alpha",),
 }
 
 
@@ -116,8 +120,9 @@ def _dense(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
 
 def conv_plan(op, shape: tuple[int, ...]) -> Im2ColPlan:
     _, h, w, c = shape
-    window = op.kernel_size if isinstance(op, irops.Conv2D) else op.pool_size
-    return im2col_plan(h, w, c, window[0], window[1], op.strides, op.padding)
+    if isinstance(op, (irops.AvgPool2D, irops.MaxPool2D)):
+        return im2col_plan(h, w, c, op.pool_size[0], op.pool_size[1], op.strides, op.padding)
+    return im2col_plan(h, w, c, op.kernel_size[0], op.kernel_size[1], op.strides, op.padding, op.dilation_rate)
 
 
 def extract_patches(k: RingKernels, plan: Im2ColPlan, x: Tensor) -> Tensor:
@@ -129,25 +134,98 @@ def extract_patches(k: RingKernels, plan: Im2ColPlan, x: Tensor) -> Tensor:
     return k.reshape(patches, (n,) + plan.indices.shape)
 
 
-def conv2d_ring(k: RingKernels, plan: Im2ColPlan, x: Tensor, w: Tensor) -> Tensor:
-    """Exact ring convolution: im2col then one matmul.  Bilinear in (x, w)."""
+def conv2d_ring(k: RingKernels, plan: Im2ColPlan, x: Tensor, w: Tensor, groups: int = 1) -> Tensor:
+    """Exact ring convolution: im2col then one matmul per group.  Bilinear in (x, w).
+
+    Group g multiplies its channels' patch entries by kernel[..., g F/G : (g+1) F/G].
+    """
     n = k.shape(x)[0]
     positions, window = plan.indices.shape
     cols = k.reshape(extract_patches(k, plan, x), (n * positions, window))
-    out = k.matmul(cols, k.reshape(w, (window, -1)))
+    if groups == 1:
+        out = k.matmul(cols, k.reshape(w, (window, -1)))
+    else:
+        kh, kw, cg, filters = k.shape(w)
+        taps = kh * kw
+        cols = k.reshape(cols, (n * positions, taps, groups, cg))
+        weights = k.reshape(w, (taps, cg, groups, filters // groups))
+        out = k.concat([
+            k.matmul(k.reshape(k.gather(cols, np.array([g]), axis=2), (n * positions, taps * cg)),
+                     k.reshape(k.gather(weights, np.array([g]), axis=2), (taps * cg, filters // groups)))
+            for g in range(groups)
+        ], axis=1)
     return k.reshape(out, (n, plan.out_h, plan.out_w, -1))
+
+
+def depthwise_ring(k: RingKernels, plan: Im2ColPlan, x: Tensor, w: Tensor) -> Tensor:
+    """Exact depthwise convolution: patches (n, P, taps, C, 1) times kernel (taps, C, M), summed
+    over the taps.  Bilinear in (x, w)."""
+    n = k.shape(x)[0]
+    kh, kw, c, m = k.shape(w)
+    positions = plan.indices.shape[0]
+    cols = k.reshape(extract_patches(k, plan, x), (n, positions, kh * kw, c, 1))
+    out = k.sum(k.mul(cols, k.reshape(w, (1, 1, kh * kw, c, m))), axis=2)
+    return k.reshape(out, (n, plan.out_h, plan.out_w, c * m))
 
 
 def _conv2d(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
     ctx, k = env.ctx, env.ctx.kernels
-    x = xs[0]
-    plan = conv_plan(node.op, k.shape(x.share))
-    out_shape = (k.shape(x.share)[0], plan.out_h, plan.out_w, node.op.filters)
-    with ctx.messenger.label("conv2d"):
-        y = truncate(ctx, beaver(ctx, x, env.param(node, "kernel"), partial(conv2d_ring, k, plan), out_shape))
-    if node.op.use_bias:
+    x, op = xs[0], node.op
+    plan = conv_plan(op, k.shape(x.share))
+    if op.kind == "depthwise_conv2d":
+        channels = k.shape(x.share)[3] * op.depth_multiplier
+        f = partial(depthwise_ring, k, plan)
+    else:
+        channels = op.filters
+        f = partial(conv2d_ring, k, plan, groups=op.groups)
+    out_shape = (k.shape(x.share)[0], plan.out_h, plan.out_w, channels)
+    with ctx.messenger.label(op.kind):
+        y = truncate(ctx, beaver(ctx, x, env.param(node, "kernel"), f, out_shape))
+    if op.use_bias:
         y = add(ctx, y, _value(env.param(node, "bias")))
     return y, plan
+
+
+def reshape_param(k: RingKernels, p: Param, shape: tuple[int, ...]) -> Param:
+    """A parameter (shared or masked) viewed in another shape: every share reshaped alike."""
+    if isinstance(p, Masked):
+        return Masked(Shared(k.reshape(p.value.share, shape)), k.reshape(p.mask, shape), k.reshape(p.opened, shape))
+    return Shared(k.reshape(p.share, shape))
+
+
+class _LiftedParams(Mapping[str, Param]):
+    """A node's parameters as its 2-D form reads them: kernels given a leading axis of 1."""
+
+    def __init__(self, env: LayerEnv, node: Node) -> None:
+        self._env, self._node = env, node
+
+    def __getitem__(self, name: str) -> Param:
+        p = self._env.params[name]
+        if name == self._node.params.get("kernel"):
+            k = self._env.ctx.kernels
+            return reshape_param(k, p, (1, *k.shape(_value(p).share)))
+        return p
+
+    def __iter__(self):
+        return iter(self._env.params)
+
+    def __len__(self) -> int:
+        return len(self._env.params)
+
+
+def _via_2d(rule2d: ForwardRule) -> ForwardRule:
+    """A 1-D op as its 2-D form on (n, 1, steps, C) images; the output drops the 1 again."""
+
+    def rule(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+        k = env.ctx.kernels
+        n, steps, c = k.shape(xs[0].share)
+        lifted = node.model_copy(update={"op": node.op.as_2d()})
+        env2 = LayerEnv(env.ctx, _LiftedParams(env, node), env.training)
+        y, cache = rule2d(env2, lifted, [Shared(k.reshape(xs[0].share, (n, 1, steps, c)))])
+        _, _, out_steps, out_c = k.shape(y.share)
+        return Shared(k.reshape(y.share, (n, out_steps, out_c))), cache
+
+    return rule
 
 
 def _pool_patches(k: RingKernels, plan: Im2ColPlan, x: Tensor, channels: int) -> Tensor:
@@ -242,11 +320,137 @@ def _public_share(ctx: PartyContext, value: np.ndarray, rest: tuple[int, ...]) -
     return ctx.public(full) if ctx.is_compute and ctx.index == 0 else k.zeros(full.shape)
 
 
-def _global_avg_pool2d(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+def _spatial_last(k: RingKernels, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """(n, *spatial, C) -> ((prod spatial, n, C), spatial)."""
+    shape = k.shape(x)
+    n, spatial, c = shape[0], tuple(shape[1:-1]), shape[-1]
+    moved = k.transpose(x, (*range(1, len(shape) - 1), 0, len(shape) - 1))
+    return k.reshape(moved, (-1, n, c)), spatial
+
+
+def _global_avg(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
     ctx, k = env.ctx, env.ctx.kernels
-    _, h, w, _ = k.shape(xs[0].share)
-    summed = Shared(k.sum(xs[0].share, axis=(1, 2)))
-    return mul_public(ctx, summed, 1.0 / (h * w)), None
+    shape = k.shape(xs[0].share)
+    axes = tuple(range(1, len(shape) - 1))
+    summed = Shared(k.sum(xs[0].share, axis=axes, keepdims=node.op.keepdims))
+    return mul_public(ctx, summed, 1.0 / float(np.prod(shape[1:-1]))), None
+
+
+def _global_max(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    """Max over every cell of each channel: a comparison tree of depth ceil(log2 cells)."""
+    ctx, k = env.ctx, env.ctx.kernels
+    cells, spatial = _spatial_last(k, xs[0].share)
+    best = functions.max_axis0(ctx, Shared(cells))
+    n, c = k.shape(best.share)
+    return (Shared(k.reshape(best.share, (n, *(1,) * len(spatial), c))) if node.op.keepdims else best), None
+
+
+def _upsample(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    """Nearest upsampling: a gather with repeated public indices on each spatial axis (local)."""
+    k = env.ctx.kernels
+    sizes = node.op.size if isinstance(node.op.size, tuple) else (node.op.size,)
+    y = xs[0].share
+    for axis, size in enumerate(sizes, start=1):
+        y = k.gather(y, np.repeat(np.arange(k.shape(y)[axis]), size), axis=axis)
+    return Shared(y), None
+
+
+def _pad(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    """Zero cells are valid shares of zero: local."""
+    return Shared(env.ctx.kernels.pad(xs[0].share, [(0, 0), *node.op.pads])), None
+
+
+def _crop(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    k = env.ctx.kernels
+    y = xs[0].share
+    for axis, (before, after) in enumerate(node.op.crops, start=1):
+        if before or after:
+            y = k.gather(y, np.arange(before, k.shape(y)[axis] - after), axis=axis)
+    return Shared(y), None
+
+
+def _transpose(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    return Shared(env.ctx.kernels.transpose(xs[0].share, (0, *(a + 1 for a in node.op.perm)))), None
+
+
+def _repeat_vector(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    k = env.ctx.kernels
+    n, f = k.shape(xs[0].share)
+    return Shared(k.broadcast_to(k.reshape(xs[0].share, (n, 1, f)), (n, node.op.n, f))), None
+
+
+def _concat(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    k = env.ctx.kernels
+    rank = len(k.shape(xs[0].share))
+    return Shared(k.concat([x.share for x in xs], axis=node.op.axis % (rank - 1) + 1)), None
+
+
+def _subtract(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    return sub(env.ctx, xs[0], xs[1]), None
+
+
+def _multiply(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    """Secret x secret: one Beaver product and truncation per extra input."""
+    out = xs[0]
+    for x in xs[1:]:
+        out = mul(env.ctx, out, x)
+    return out, None
+
+
+def _average(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    total, _ = _add(env, node, xs)
+    return mul_public(env.ctx, total, 1.0 / len(xs)), None
+
+
+def _extremum(largest: bool) -> ForwardRule:
+    """max (or min = a + b - max) of the inputs, pairwise: one comparison per extra input."""
+
+    def rule(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+        ctx = env.ctx
+        out = xs[0]
+        for x in xs[1:]:
+            best, _ = functions.maximum(ctx, out, x)
+            out = best if largest else sub(ctx, add(ctx, out, x), best)
+        return out, None
+
+    return rule
+
+
+def _prelu(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    """relu(x) + alpha min(x, 0): one comparison, one product with the (masked) alpha."""
+    ctx = env.ctx
+    positive = functions.relu(ctx, xs[0])
+    negative = sub(ctx, xs[0], positive)
+    alpha = env.param(node, "alpha")
+    k = ctx.kernels
+    alpha = reshape_param(k, alpha, (1, *k.shape(_value(alpha).share)))
+    return add(ctx, positive, mul(ctx, negative, alpha)), None
+
+
+def _rescale(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    """x * scale + offset with public constants: one truncation."""
+    ctx, op = env.ctx, node.op
+    y = xs[0]
+    if op.scale != 1.0:
+        y = mul_public(ctx, y, np.asarray(op.scale, dtype=np.float64))
+    offset = np.asarray(op.offset, dtype=np.float64)
+    if np.any(offset != 0.0):
+        y = add_public(ctx, y, ctx.public(np.round(offset * ctx.numerics.scale).astype(np.int64)))
+    return y, None
+
+
+def _softmax(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    """``functions.softmax`` over the last axis, the op's axis moved there and back."""
+    ctx, k = env.ctx, env.ctx.kernels
+    rank = len(k.shape(xs[0].share))
+    axis = node.op.axis % (rank - 1) + 1
+    if axis == rank - 1:
+        y = functions.softmax(ctx, xs[0])
+        return y, y
+    perm = tuple(a for a in range(rank) if a != axis) + (axis,)
+    inverse = tuple(int(i) for i in np.argsort(perm))
+    y = functions.softmax(ctx, Shared(k.transpose(xs[0].share, perm)))
+    return Shared(k.transpose(y.share, inverse)), None
 
 
 def _flatten(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
@@ -269,8 +473,11 @@ def _add(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
 
 def _relu(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
     """ReLU as in ``functions.relu_with_bit``; the cache is the XOR-shared bit [x >= 0],
-    which the backward pass injects into the gradient in one round (``mul_bit``)."""
-    ctx = env.ctx
+    which the backward pass injects into the gradient in one round (``mul_bit``).
+    Keras' other options (max_value, negative_slope, threshold): ``activations.clipped_relu``."""
+    ctx, op = env.ctx, node.op
+    if not op.plain:
+        return activations.clipped_relu(ctx, xs[0], op.negative_slope, op.threshold, op.max_value)
     with ctx.messenger.label("relu"):
         bit = ge_zero(ctx, xs[0])
         y, _ = mul_bit(ctx, bit, xs[0])
@@ -286,10 +493,18 @@ def _unary(fn: Callable[[PartyContext, Shared], Shared]) -> ForwardRule:
 
 
 def _batch_norm(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
-    ctx = env.ctx
+    """x * scale + shift per channel of the op's axis (the owner folded the statistics)."""
+    ctx, k = env.ctx, env.ctx.kernels
+    rank = len(k.shape(xs[0].share))
+    scale, shift = env.param(node, "scale"), _value(env.param(node, "shift"))
+    axis = node.op.axis % (rank - 1) + 1
+    if axis != rank - 1:
+        shape = [1] * rank
+        shape[axis] = k.shape(shift.share)[0]
+        scale, shift = reshape_param(k, scale, tuple(shape)), Shared(k.reshape(shift.share, tuple(shape)))
     with ctx.messenger.label("batch_norm"):
-        y = mul(ctx, xs[0], env.param(node, "scale"))
-    return add(ctx, y, _value(env.param(node, "shift"))), None
+        y = mul(ctx, xs[0], scale)
+    return add(ctx, y, shift), None
 
 
 def _identity(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
@@ -301,16 +516,45 @@ SECURE_FORWARD: dict[str, ForwardRule] = {
     "conv2d": _conv2d,
     "avg_pool2d": _avg_pool2d,
     "max_pool2d": _max_pool2d,
-    "global_avg_pool2d": _global_avg_pool2d,
+    "global_avg_pool2d": _global_avg,
     "flatten": _flatten,
     "reshape": _reshape,
     "add": _add,
     "relu": _relu,
     "sigmoid": _unary(functions.sigmoid),
     "tanh": _unary(functions.tanh),
-    "softmax": _unary(functions.softmax),
+    "softmax": _softmax,
     "batch_norm": _batch_norm,
     "identity": _identity,
+    "conv1d": _via_2d(_conv2d),
+    "depthwise_conv2d": _conv2d,
+    "depthwise_conv1d": _via_2d(_conv2d),
+    "avg_pool1d": _via_2d(_avg_pool2d),
+    "max_pool1d": _via_2d(_max_pool2d),
+    "global_max_pool2d": _global_max,
+    "global_avg_pool1d": _global_avg,
+    "global_max_pool1d": _global_max,
+    "upsample2d": _upsample,
+    "upsample1d": _upsample,
+    "pad": _pad,
+    "crop": _crop,
+    "transpose": _transpose,
+    "repeat_vector": _repeat_vector,
+    "concat": _concat,
+    "subtract": _subtract,
+    "multiply": _multiply,
+    "average": _average,
+    "maximum": _extremum(largest=True),
+    "minimum": _extremum(largest=False),
+    "prelu": _prelu,
+    "rescale": _rescale,
+    "elu": lambda env, node, xs: _unary(partial(activations.elu, alpha=node.op.alpha))(env, node, xs),
+    "gelu": _unary(activations.gelu),
+    "silu": _unary(activations.silu),
+    "hard_sigmoid": _unary(activations.hard_sigmoid),
+    "hard_silu": _unary(activations.hard_silu),
+    "softplus": _unary(activations.softplus),
+    "softsign": _unary(activations.softsign),
 }
 
 

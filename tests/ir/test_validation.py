@@ -58,7 +58,7 @@ def test_unknown_op_kind_in_json_names_the_node_and_the_kind():
     program, _ = tiny_program()
     raw = json.loads(program.model_dump_json())
     raw["graph"]["nodes"][1]["op"] = {"kind": "leaky_relu", "alpha": 0.1}
-    with pytest.raises(IRValidationError, match=r"node 'act' uses op kind 'leaky_relu', which opset v1 does not"):
+    with pytest.raises(IRValidationError, match=r"node 'act' uses op kind 'leaky_relu', which opset v2 does not"):
         program_from_json(json.dumps(raw))
 
 
