@@ -50,7 +50,7 @@ import grpc
 
 from bridge.cluster import ClusterConfig
 from bridge.mpc.comm import PeerError
-from bridge.mpc.distributed import DATA, KINDS, PeerTransport, port_refuses
+from bridge.mpc.distributed import DATA, HEARTBEAT, KINDS, PeerTransport, port_refuses
 from bridge.security.keys import PartyCredentials, load_credentials, san_name
 
 SERVICE = "privacy_bridge.Party"
@@ -215,6 +215,14 @@ class GrpcTransport(PeerTransport):
 
     def _send_frame(self, peer: str, kind: int, payload: bytes, timeout_s: float) -> None:
         metadata = ((FROM_KEY, self.party), (KIND_KEY, str(kind)))
+        if kind == HEARTBEAT:
+            # best effort and never in the way: a paused or dead peer misses it (a gRPC call
+            # that gives up leaves the connection up), and closing never waits for one
+            try:
+                self._deliver_calls[peer](payload, timeout=min(timeout_s, self.heartbeat_s), metadata=metadata)
+            except grpc.RpcError:
+                pass
+            return
         # wait_for_ready: a channel whose last connection attempt failed (the peer was paused,
         # or not up yet) waits for the next one instead of failing at once, so a message ends
         # only delivered, refused, at timeout_s, or when the peer's process is gone (_probe).

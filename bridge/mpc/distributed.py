@@ -78,13 +78,13 @@ _KIND = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,199}")
 
 
-class PeerFault(PeerError):
-    """A ``PeerError`` that knows which parties are to blame (dead or stalled); an abort
-    notice passes their names on, so that every party names the one that stalled."""
-
-    def __init__(self, message: str, culprits: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.culprits = culprits
+def peer_fault(message: str, culprits: tuple[str, ...]) -> PeerError:
+    """A ``PeerError`` that knows which parties are to blame (stalled or gone), in its
+    ``culprits``: an abort notice passes their names on, so that every party names the
+    one that stalled, not only the one that gave up first."""
+    error = PeerError(message)
+    error.culprits = culprits  # type: ignore[attr-defined]
+    return error
 
 
 def abort_notice(error: BaseException | str) -> str:
@@ -107,13 +107,14 @@ def abort_notice(error: BaseException | str) -> str:
 
 
 def _culprits(error: BaseException) -> tuple[str, ...]:
-    """The parties a ``PeerFault`` in ``error``'s chain (cause or context) blames."""
+    """The parties a ``peer_fault`` in ``error``'s chain (cause or context) blames."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, PeerFault) and current.culprits:
-            return current.culprits
+        culprits = getattr(current, "culprits", ())
+        if isinstance(current, PeerError) and culprits:
+            return tuple(culprits)
         current = current.__cause__ or current.__context__
     return ()
 
@@ -319,7 +320,7 @@ class PeerTransport(Transport):
 
     def _check_usable(self) -> None:
         if self._failed is not None:
-            raise PeerFault(f"party {self.party!r} stopped: {self._failed}", self._failed_blame)
+            raise peer_fault(f"party {self.party!r} stopped: {self._failed}", self._failed_blame)
         if self._closed:
             raise PeerError(f"party {self.party!r} has closed its transport; connect again to run more")
 
@@ -332,7 +333,7 @@ class PeerTransport(Transport):
                 f"{self.max_message_bytes} (max_message_bytes in the cluster file)"
             )
         if inbox.gone is not None:
-            raise PeerFault(f"party {self.party!r} cannot send to {peer!r}: {inbox.gone}", (peer,))
+            raise peer_fault(f"party {self.party!r} cannot send to {peer!r}: {inbox.gone}", (peer,))
         try:
             self._send_frame(peer, DATA, message, self.timeout_s)
         except PeerError:
@@ -347,7 +348,7 @@ class PeerTransport(Transport):
             else:
                 reason = f"{where}: it died or is unreachable ({_first_line(exc)})"
             self._peer_gone(peer, reason)
-            raise PeerFault(reason, (peer,)) from exc
+            raise peer_fault(reason, (peer,)) from exc
 
     def recv(self, peer: str) -> bytes:
         inbox = self._check_peer(peer)
@@ -365,7 +366,7 @@ class PeerTransport(Transport):
                 try:
                     return inbox.messages.get_nowait()  # arrived just before the peer left
                 except queue.Empty:
-                    raise PeerFault(
+                    raise peer_fault(
                         f"party {self.party!r} expected a message from party {peer!r}, but {inbox.gone}", (peer,)
                     ) from None
             now = time.monotonic()
@@ -380,7 +381,7 @@ class PeerTransport(Transport):
                 next_probe = time.monotonic() + self.probe_every_s
             if now >= deadline:
                 why, culprits = self._silence_reason(peer)
-                raise PeerFault(
+                raise peer_fault(
                     f"party {self.party!r} waited {self.timeout_s:g} s for party {peer!r} at "
                     f"{self._address(peer)}, which sent nothing{why}", culprits
                 )

@@ -8,13 +8,19 @@ its digits.
 
 from __future__ import annotations
 
+import io
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bridge.cluster import to_toml
+from bridge.ir import save_program
+from bridge.launch import launch_parties
 from bridge.mpc.comm import PeerError
-from bridge.mpc.distributed import DistributedParty, PeerFault, abort_notice, read_notice
+from bridge.mpc.distributed import DistributedParty, abort_notice, peer_fault, read_notice
 from bridge.mpc.runtime import ThreadedParties
 from bridge.registry import get_backend
 from tests.conftest import SECURE_BACKENDS
@@ -50,9 +56,9 @@ def test_a_notice_keeps_the_kind_and_the_blamed_parties_only():
     assert abort_notice(ValueError(f"input has a value of magnitude {SECRET_TEXT}")) == "ValueError"
     assert abort_notice(f"ValueError: input has a value of magnitude {SECRET_TEXT}") == "ValueError"
     assert abort_notice(f"input has a value of magnitude {SECRET_TEXT}") == "Error"
-    assert abort_notice(PeerFault("party 'b' stalled", ("b",))) == "PeerFault|b"
+    assert abort_notice(peer_fault("party 'b' stalled", ("b",))) == "PeerError|b"
     wrapped = RuntimeError("while serving")
-    wrapped.__cause__ = PeerFault("x", ("b", "c"))
+    wrapped.__cause__ = peer_fault("x", ("b", "c"))
     assert abort_notice(wrapped) == "RuntimeError|b,c"
     # a receiver reads only a kind and known party names out of whatever a peer sends
     assert read_notice(b"ValueError|b,mallory", ("a", "b")) == ("ValueError", ("b",))
@@ -139,3 +145,24 @@ def test_a_refused_input_reaches_no_other_party(backend):
         assert not leaks(str(outcome[name])), f"{name}: {outcome[name]}"
         if outcome[name] != "finished":  # it names the client (failed, or gone before it could go on)
             assert f"party {CLIENT!r}" in str(outcome[name]), outcome[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", SECURE_BACKENDS)
+def test_launched_parties_print_no_other_partys_secret(tmp_path, backend):
+    """``privacy-bridge launch``: every party in its own process, its output prefixed with
+    its name.  The client's own output shows the refused value; no other party's does."""
+    program, weights = tiny_mlp()
+    save_program(tmp_path / "program", program, weights)
+    (tmp_path / "cluster.toml").write_text(to_toml(loopback_cluster(PARTIES, timeout_s=10.0)))
+    log = io.StringIO()
+    script = Path(__file__).with_name("refused_input_script.py")
+    report = launch_parties(tmp_path / "cluster.toml", [str(script), str(tmp_path / "program"), backend],
+                            timeout_s=300, grace_s=30, stream=log, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    lines = log.getvalue().splitlines()
+    own = "\n".join(line for line in lines if line.startswith(f"[{CLIENT}]"))
+    assert report.returncodes[CLIENT] == 1 and SECRET_TEXT in own, log.getvalue()[-3000:]
+    for name in OTHERS:
+        output = "\n".join(line for line in lines if line.startswith(f"[{name}]"))
+        assert not leaks(output), f"{name}:\n{output}"
+    assert report.killed == [], log.getvalue()[-3000:]
