@@ -79,6 +79,13 @@ class KerasLocalTrainer:
         start = [np.array(keras.ops.convert_to_numpy(v)) for v in clone.optimizer.variables]
         return _Worker(clone, start)
 
+    def prepare(self, workers: int) -> None:
+        """Make ``workers`` model copies now, so that ``round_timeout_s`` times local training
+        only, not the cloning and compiling of a client's first copy."""
+        with self._pool_lock:
+            while len(self._workers) < workers:
+                self._workers.append(self._make_worker())
+
     def _acquire(self) -> _Worker:
         with self._pool_lock:
             for worker in self._workers:
@@ -246,6 +253,7 @@ def fit_federated(
     clients = _check_clients(data_by_client)
     aggregator = _aggregator(backend_name, clients, secure_aggregation, round_timeout_s)
     trainer = KerasLocalTrainer(model, data_by_client, **settings)
+    trainer.prepare(clients_per_round(len(clients), config.client_fraction))
     fedavg = FedAvg(clients, trainer, aggregator, config, failure_injector)
     return driver.drive(fedavg, len(clients), fedavg.run_round)
 
@@ -357,6 +365,8 @@ def _fit_distributed(
         _check_clients(local)
     backend = _secure_backend(backend_name)
     trainer = KerasLocalTrainer(model, local, **settings)
+    if local:
+        trainer.prepare(1)  # this client's copy, before round_timeout_s starts counting
     fedavg = FedAvg(parts.clients, trainer, None, config, failure_injector)
     runner = federated_runner(backend, cluster_config, party, Numerics())
     metric_names = () if config.differentially_private else keras_metric_names(model)
