@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 
 #: the message TF logs when a tf.function traces too often (tensorflow/python/eager/polymorphic_function)
 RETRACING = "triggered tf.function retracing"
 
 
-def quiet_tf_startup(environ: dict[str, str] | os._Environ = os.environ) -> None:
+def quiet_tf_startup(environ: MutableMapping[str, str] = os.environ) -> None:
     """Drop TF's C++ INFO lines at import, unless the user chose a level (TF_CPP_MIN_LOG_LEVEL)."""
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
