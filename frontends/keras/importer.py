@@ -117,8 +117,25 @@ def _layer_weights(layer: Any) -> dict[str, tuple[np.ndarray, bool]]:
     }
 
 
-ACTIVATIONS = {"relu": irops.Relu, "sigmoid": irops.Sigmoid, "tanh": irops.Tanh, "softmax": irops.Softmax}
-SUPPORTED_ACTIVATIONS = "activation in ['linear', 'relu', 'sigmoid', 'tanh', 'softmax']"
+#: Keras activation name -> the IR op computing it
+ACTIVATIONS: dict[str, Callable[[], Any]] = {
+    "relu": irops.Relu,
+    "relu6": lambda: irops.Relu(max_value=6.0),
+    "leaky_relu": lambda: irops.Relu(negative_slope=0.2),
+    "sigmoid": irops.Sigmoid,
+    "tanh": irops.Tanh,
+    "softmax": irops.Softmax,
+    "elu": irops.Elu,
+    "gelu": irops.Gelu,
+    "silu": irops.Silu,
+    "swish": irops.Silu,
+    "hard_sigmoid": irops.HardSigmoid,
+    "hard_silu": irops.HardSilu,
+    "hard_swish": irops.HardSilu,
+    "softplus": irops.Softplus,
+    "softsign": irops.Softsign,
+}
+SUPPORTED_ACTIVATIONS = f"activation in {['linear', *ACTIVATIONS]}"
 
 
 def _activation_op(call: _Call, key: str = "activation") -> Any | None:
@@ -131,13 +148,16 @@ def _activation_op(call: _Call, key: str = "activation") -> Any | None:
     raise call.refuse(f"{key}={shown!r}", f"{SUPPORTED_ACTIVATIONS} only")
 
 
-def _emit_with_activation(call: _Call, b: _Builder, op: Any, params: dict[str, str]) -> None:
+def _emit_with_activation(
+    call: _Call, b: _Builder, op: Any, params: dict[str, str], inputs: list[str] | None = None
+) -> None:
     """The layer's op, then its activation as a separate node writing the layer's output."""
     act = _activation_op(call)
+    inputs = call.inputs if inputs is None else inputs
     if act is None:
-        b.emit(call.node, op, call.inputs, call.output, params)
+        b.emit(call.node, op, inputs, call.output, params)
         return
-    pre = b.emit(call.node, op, call.inputs, f"{call.output}/pre_activation", params)
+    pre = b.emit(call.node, op, inputs, f"{call.output}/pre_activation", params)
     b.emit(f"{call.node}/{act.kind}", act, [pre], call.output)
 
 
@@ -175,33 +195,83 @@ def _dense(call: _Call, b: _Builder) -> None:
     _emit_with_activation(call, b, op, _params(call, b, op.param_roles))
 
 
-def _conv2d(call: _Call, b: _Builder) -> None:
+def _causal(call: _Call, b: _Builder, span: int) -> list[str]:
+    """Keras' padding='causal': (k - 1) d zeros before the steps, then a 'valid' window."""
+    if not span:
+        return call.inputs
+    op = irops.Pad(pads=((span, 0), (0, 0)))
+    return [b.emit(f"{call.node}/causal_pad", op, call.inputs, f"{call.output}/causal_pad")]
+
+
+def _conv(call: _Call, b: _Builder) -> None:
+    """Conv1D and Conv2D: dilation, groups and (1-D) causal padding included."""
     _no_lora(call)
-    _require(call, "data_format", ("channels_last",), "data_format='channels_last' only")
-    _require(call, "dilation_rate", (1, (1, 1)), "dilation_rate=1 only")
-    _require(call, "groups", (1,), "groups=1 only")
-    _require(call, "padding", ("valid", "same"), "padding='valid' or 'same' only")
-    _input_shape(call, b, 3, "Conv2D on NHWC inputs (batch, height, width, channels) only")
+    rank = 1 if call.kind == "Conv1D" else 2
     cfg = call.config
-    op = irops.Conv2D(
-        filters=cfg["filters"],
-        kernel_size=cfg["kernel_size"],
-        strides=cfg["strides"],
-        padding=cfg["padding"],
-        use_bias=cfg["use_bias"],
-    )
-    _emit_with_activation(call, b, op, _params(call, b, op.param_roles))
+    _require(call, "data_format", ("channels_last",), "data_format='channels_last' only")
+    paddings = ("valid", "same", "causal") if rank == 1 else ("valid", "same")
+    _require(call, "padding", paddings, f"padding in {list(paddings)} only")
+    _input_shape(call, b, rank + 1, f"{call.kind} on (batch, {'steps' if rank == 1 else 'height, width'}, "
+                 "channels) inputs only")
+    inputs, padding = call.inputs, cfg["padding"]
+    if padding == "causal":
+        inputs = _causal(call, b, (cfg["kernel_size"][0] - 1) * cfg["dilation_rate"][0])
+        padding = "valid"
+    op_class = irops.Conv1D if rank == 1 else irops.Conv2D
+    op = op_class(filters=cfg["filters"], kernel_size=cfg["kernel_size"], strides=cfg["strides"], padding=padding,
+                  use_bias=cfg["use_bias"], dilation_rate=cfg["dilation_rate"], groups=cfg["groups"])
+    _emit_with_activation(call, b, op, _params(call, b, op.param_roles), inputs)
+
+
+def _depthwise_op(call: _Call, rank: int, padding: str, use_bias: bool) -> Any:
+    cfg = call.config
+    op_class = irops.DepthwiseConv1D if rank == 1 else irops.DepthwiseConv2D
+    return op_class(kernel_size=cfg["kernel_size"], strides=cfg["strides"], padding=padding,
+                    depth_multiplier=cfg["depth_multiplier"], dilation_rate=cfg["dilation_rate"], use_bias=use_bias)
+
+
+def _depthwise_or_separable(call: _Call, b: _Builder) -> None:
+    """DepthwiseConv1D/2D; SeparableConv1D/2D as a depthwise node then a 1x1 convolution."""
+    rank = 1 if call.kind.endswith("1D") else 2
+    cfg = call.config
+    _require(call, "data_format", ("channels_last",), "data_format='channels_last' only")
+    paddings = ("valid", "same", "causal") if rank == 1 else ("valid", "same")
+    _require(call, "padding", paddings, f"padding in {list(paddings)} only")
+    _input_shape(call, b, rank + 1, f"{call.kind} on (batch, {'steps' if rank == 1 else 'height, width'}, "
+                 "channels) inputs only")
+    inputs, padding = call.inputs, cfg["padding"]
+    if padding == "causal":
+        inputs = _causal(call, b, (cfg["kernel_size"][0] - 1) * cfg["dilation_rate"][0])
+        padding = "valid"
+    if call.kind.startswith("Depthwise"):
+        op = _depthwise_op(call, rank, padding, cfg["use_bias"])
+        _emit_with_activation(call, b, op, _params(call, b, op.param_roles), inputs)
+        return
+    found = _layer_weights(call.layer)
+    depthwise = {"kernel": b.param(call.layer, "depthwise_kernel", *found["depthwise_kernel"])}
+    mid = b.emit(f"{call.node}/depthwise", _depthwise_op(call, rank, padding, False), inputs,
+                 f"{call.output}/depthwise", depthwise)
+    pointwise = {"kernel": b.param(call.layer, "pointwise_kernel", *found["pointwise_kernel"])}
+    if cfg["use_bias"]:
+        pointwise["bias"] = b.param(call.layer, "bias", *found["bias"])
+    op = (irops.Conv1D(filters=cfg["filters"], kernel_size=1, use_bias=cfg["use_bias"]) if rank == 1 else
+          irops.Conv2D(filters=cfg["filters"], kernel_size=1, use_bias=cfg["use_bias"]))
+    _emit_with_activation(call, b, op, pointwise, [mid])
 
 
 def _pool(op_class: type) -> Callable[[_Call, _Builder], None]:
     def rule(call: _Call, b: _Builder) -> None:
+        rank = 1 if call.kind.endswith("1D") else 2
         _require(call, "data_format", ("channels_last",), "data_format='channels_last' only")
         _require(call, "padding", ("valid", "same"), "padding='valid' or 'same' only")
-        h, w, _ = _input_shape(call, b, 3, f"{call.kind} on NHWC inputs (batch, height, width, channels) only")
+        shape = _input_shape(call, b, rank + 1, f"{call.kind} on (batch, {'steps' if rank == 1 else 'height, width'}"
+                             ", channels) inputs only")
         op = op_class(pool_size=call.config["pool_size"], strides=call.config.get("strides") or
                       call.config["pool_size"], padding=call.config["padding"])
-        if op.kind == "avg_pool2d" and op.padding == "same":
-            _check_torch_same_avg_pool(call, op, h, w)
+        window = op.as_2d() if rank == 1 else op
+        if window.kind == "avg_pool2d" and window.padding == "same":
+            h, w = (1, shape[0]) if rank == 1 else shape[:2]
+            _check_torch_same_avg_pool(call, window, h, w)
         b.emit(call.node, op, call.inputs, call.output)
 
     return rule
@@ -245,11 +315,81 @@ def _check_torch_same_avg_pool(call: _Call, op: irops.AvgPool2D, h: int, w: int)
         )
 
 
-def _global_avg_pool2d(call: _Call, b: _Builder) -> None:
-    _require(call, "data_format", ("channels_last",), "data_format='channels_last' only")
-    _require(call, "keepdims", (False,), "keepdims=False only")
-    _input_shape(call, b, 3, "GlobalAveragePooling2D on NHWC inputs (batch, height, width, channels) only")
-    b.emit(call.node, irops.GlobalAvgPool2D(), call.inputs, call.output)
+def _global_pool(op_class: type) -> Callable[[_Call, _Builder], None]:
+    def rule(call: _Call, b: _Builder) -> None:
+        rank = 1 if call.kind.endswith("1D") else 2
+        _require(call, "data_format", ("channels_last",), "data_format='channels_last' only")
+        _input_shape(call, b, rank + 1, f"{call.kind} on (batch, {'steps' if rank == 1 else 'height, width'}, "
+                     "channels) inputs only")
+        b.emit(call.node, op_class(keepdims=bool(call.config["keepdims"])), call.inputs, call.output)
+
+    return rule
+
+
+def _upsampling(call: _Call, b: _Builder) -> None:
+    if call.kind == "UpSampling2D":
+        _require(call, "data_format", ("channels_last",), "data_format='channels_last' only")
+        _require(call, "interpolation", ("nearest",), "interpolation='nearest' only")
+        _input_shape(call, b, 3, "UpSampling2D on NHWC inputs only")
+        op: Any = irops.UpSample2D(size=call.config["size"])
+    else:
+        _input_shape(call, b, 2, "UpSampling1D on (batch, steps, channels) inputs only")
+        op = irops.UpSample1D(size=call.config["size"])
+    b.emit(call.node, op, call.inputs, call.output)
+
+
+def _pairs(value: Any) -> tuple[tuple[int, int], ...]:
+    """Keras' padding/cropping of one or two axes as ((before, after), ...)."""
+    if isinstance(value, int):
+        return ((value, value),)
+    if all(isinstance(v, int) for v in value):
+        return (tuple(int(v) for v in value),)  # type: ignore[return-value]
+    return tuple((int(v[0]), int(v[1])) for v in value)
+
+
+def _pad_or_crop(call: _Call, b: _Builder) -> None:
+    """ZeroPadding1D/2D and Cropping1D/2D: spatial axes given, the channel axis untouched."""
+    rank = 1 if call.kind.endswith("1D") else 2
+    if rank == 2:
+        _require(call, "data_format", ("channels_last",), "data_format='channels_last' only")
+    _input_shape(call, b, rank + 1, f"{call.kind} on (batch, {'steps' if rank == 1 else 'height, width'}, "
+                 "channels) inputs only")
+    if call.kind.startswith("ZeroPadding"):
+        op: Any = irops.Pad(pads=(*_pairs(call.config["padding"]), (0, 0)))
+    else:
+        op = irops.Crop(crops=(*_pairs(call.config["cropping"]), (0, 0)))
+    b.emit(call.node, op, call.inputs, call.output)
+
+
+def _permute(call: _Call, b: _Builder) -> None:
+    b.emit(call.node, irops.Transpose(perm=tuple(d - 1 for d in call.config["dims"])), call.inputs, call.output)
+
+
+def _repeat_vector(call: _Call, b: _Builder) -> None:
+    b.emit(call.node, irops.RepeatVector(n=call.config["n"]), call.inputs, call.output)
+
+
+def _feature_axis(call: _Call, axis: int) -> int:
+    """A Keras axis (batch axis 0) as the IR's feature axis; the batch axis itself is refused."""
+    if axis == 0:
+        raise call.refuse("axis=0 (the batch axis)", "an axis other than the batch axis")
+    return axis - 1 if axis > 0 else axis
+
+
+def _concatenate(call: _Call, b: _Builder) -> None:
+    op = irops.Concat(axis=_feature_axis(call, call.config["axis"]))
+    b.emit(call.node, op, call.inputs, call.output)
+
+
+def _merge(op_class: type) -> Callable[[_Call, _Builder], None]:
+    def rule(call: _Call, b: _Builder) -> None:
+        shapes = {b.shapes[v] for v in call.inputs}
+        if len(shapes) > 1:
+            raise call.refuse(f"inputs of shapes {sorted(shapes)}", f"{call.kind} of tensors of one shape only "
+                              "(no broadcasting)")
+        b.emit(call.node, op_class(), call.inputs, call.output)
+
+    return rule
 
 
 def _flatten(call: _Call, b: _Builder) -> None:
@@ -268,42 +408,101 @@ def _activation(call: _Call, b: _Builder) -> None:
 
 
 def _relu(call: _Call, b: _Builder) -> None:
-    for key, default in (("max_value", None), ("negative_slope", 0.0), ("threshold", 0.0)):
-        value = call.config.get(key)
-        if value != default:
-            raise call.refuse(f"{key}={value!r}", f"ReLU with its defaults only ({key}={default!r})")
-    b.emit(call.node, irops.Relu(), call.inputs, call.output)
+    cfg = call.config
+    max_value = None if cfg.get("max_value") is None else float(cfg["max_value"])
+    op = irops.Relu(max_value=max_value, negative_slope=float(cfg.get("negative_slope") or 0.0),
+                    threshold=float(cfg.get("threshold") or 0.0))
+    b.emit(call.node, op, call.inputs, call.output)
+
+
+def _leaky_relu(call: _Call, b: _Builder) -> None:
+    b.emit(call.node, irops.Relu(negative_slope=float(call.config["negative_slope"])), call.inputs, call.output)
+
+
+def _elu(call: _Call, b: _Builder) -> None:
+    b.emit(call.node, irops.Elu(alpha=float(call.config["alpha"])), call.inputs, call.output)
+
+
+def _prelu(call: _Call, b: _Builder) -> None:
+    b.emit(call.node, irops.PRelu(), call.inputs, call.output, _params(call, b, ("alpha",)))
+
+
+def _constants(call: _Call, b: _Builder, key: str) -> float | tuple[float, ...]:
+    value = np.asarray(call.config[key], dtype=np.float64).reshape(-1)
+    if value.size == 1:
+        return float(value[0])
+    channels = b.shapes[call.inputs[0]][-1]
+    if value.size != channels:
+        raise call.refuse(f"{key} of {value.size} values", f"a scalar {key} or one per channel ({channels})")
+    return tuple(float(v) for v in value)
+
+
+def _rescaling(call: _Call, b: _Builder) -> None:
+    op = irops.Rescale(scale=_constants(call, b, "scale"), offset=_constants(call, b, "offset"))
+    b.emit(call.node, op, call.inputs, call.output)
 
 
 def _softmax(call: _Call, b: _Builder) -> None:
     axis = call.config.get("axis", -1)
-    rank = len(b.shapes[call.inputs[0]]) + 1
-    if axis not in (-1, rank - 1, [-1], (-1,)):
-        raise call.refuse(f"axis={axis!r}", "softmax over the last axis only (axis=-1)")
-    b.emit(call.node, irops.Softmax(), call.inputs, call.output)
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            raise call.refuse(f"axis={axis!r}", "softmax over one axis")
+        axis = axis[0]
+    b.emit(call.node, irops.Softmax(axis=_feature_axis(call, int(axis))), call.inputs, call.output)
 
 
 def _identity(call: _Call, b: _Builder) -> None:
     b.emit(call.node, irops.Identity(), call.inputs, call.output)
 
 
+def _single_axis(call: _Call, b: _Builder) -> int:
+    axis = call.config.get("axis", -1)
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            raise call.refuse(f"axis={axis!r}", "normalisation over one axis")
+        axis = axis[0]
+    return _feature_axis(call, int(axis))
+
+
 def _batch_norm(call: _Call, b: _Builder) -> None:
     cfg = call.config
-    rank = len(b.shapes[call.inputs[0]]) + 1
-    axis = cfg.get("axis", -1)
-    axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-    if axis not in (-1, rank - 1):
-        raise call.refuse(f"axis={cfg.get('axis')!r}", "normalisation over the last axis only (axis=-1)")
+    axis = _single_axis(call, b)
     if cfg.get("renorm"):
         raise call.refuse("renorm=True", "renorm=False only")
     found = _layer_weights(call.layer)
-    channels = b.shapes[call.inputs[0]][-1]
+    shape = b.shapes[call.inputs[0]]
+    channels = shape[axis % len(shape)]
     dtype = found["moving_mean"][0].dtype
     # center=False / scale=False: Keras skips beta / gamma; the IR always has both.
     found.setdefault("gamma", (np.ones(channels, dtype=dtype), False))
     found.setdefault("beta", (np.zeros(channels, dtype=dtype), False))
-    op = irops.BatchNorm(epsilon=cfg["epsilon"])
+    op = irops.BatchNorm(epsilon=cfg["epsilon"], axis=axis)
     params = {role: b.param(call.layer, role, *found[role]) for role in op.param_roles}
+    b.emit(call.node, op, call.inputs, call.output, params)
+
+
+#: Normalization divides by max(sqrt(variance), 1e-7); sqrt(variance + 1e-14) agrees at variance 0
+#: and within a relative 1e-14 / (2 variance) elsewhere (5e-5 at variance 1e-10)
+NORMALIZATION_EPSILON = 1e-14
+
+
+def _normalization(call: _Call, b: _Builder) -> None:
+    """An adapted Normalization layer: batch_norm with unit gamma, zero beta and its statistics."""
+    import keras
+
+    if call.config.get("invert"):
+        raise call.refuse("invert=True", "invert=False only")
+    axis = _single_axis(call, b)
+    shape = b.shapes[call.inputs[0]]
+    channels = shape[axis % len(shape)]
+    mean = np.asarray(keras.ops.convert_to_numpy(call.layer.mean), dtype=np.float32).reshape(-1)
+    variance = np.asarray(keras.ops.convert_to_numpy(call.layer.variance), dtype=np.float32).reshape(-1)
+    if mean.size != channels:
+        raise call.refuse(f"statistics of {mean.size} values", f"one mean and variance per channel ({channels})")
+    found = {"gamma": np.ones(channels, np.float32), "beta": np.zeros(channels, np.float32),
+             "moving_mean": mean, "moving_variance": variance}
+    op = irops.BatchNorm(epsilon=NORMALIZATION_EPSILON, axis=axis)
+    params = {role: b.param(call.layer, role, found[role], False) for role in op.param_roles}
     b.emit(call.node, op, call.inputs, call.output, params)
 
 
@@ -319,18 +518,52 @@ def _add(call: _Call, b: _Builder) -> None:
 #: Keras layer class name -> rule that checks its options and emits IR nodes
 LAYER_RULES: dict[str, Callable[[_Call, _Builder], None]] = {
     "Dense": _dense,
-    "Conv2D": _conv2d,
+    "Conv1D": _conv,
+    "Conv2D": _conv,
+    "DepthwiseConv1D": _depthwise_or_separable,
+    "DepthwiseConv2D": _depthwise_or_separable,
+    "SeparableConv1D": _depthwise_or_separable,
+    "SeparableConv2D": _depthwise_or_separable,
+    "AveragePooling1D": _pool(irops.AvgPool1D),
     "AveragePooling2D": _pool(irops.AvgPool2D),
+    "MaxPooling1D": _pool(irops.MaxPool1D),
     "MaxPooling2D": _pool(irops.MaxPool2D),
-    "GlobalAveragePooling2D": _global_avg_pool2d,
+    "GlobalAveragePooling1D": _global_pool(irops.GlobalAvgPool1D),
+    "GlobalAveragePooling2D": _global_pool(irops.GlobalAvgPool2D),
+    "GlobalMaxPooling1D": _global_pool(irops.GlobalMaxPool1D),
+    "GlobalMaxPooling2D": _global_pool(irops.GlobalMaxPool2D),
+    "UpSampling1D": _upsampling,
+    "UpSampling2D": _upsampling,
+    "ZeroPadding1D": _pad_or_crop,
+    "ZeroPadding2D": _pad_or_crop,
+    "Cropping1D": _pad_or_crop,
+    "Cropping2D": _pad_or_crop,
     "Flatten": _flatten,
     "Reshape": _reshape,
+    "Permute": _permute,
+    "RepeatVector": _repeat_vector,
     "Activation": _activation,
     "ReLU": _relu,
+    "LeakyReLU": _leaky_relu,
+    "PReLU": _prelu,
+    "ELU": _elu,
     "Softmax": _softmax,
+    "Rescaling": _rescaling,
+    "Normalization": _normalization,
     "Dropout": _identity,
+    "SpatialDropout1D": _identity,
+    "SpatialDropout2D": _identity,
+    "GaussianDropout": _identity,
+    "GaussianNoise": _identity,
+    "Identity": _identity,
     "BatchNormalization": _batch_norm,
     "Add": _add,
+    "Subtract": _merge(irops.Subtract),
+    "Multiply": _merge(irops.Multiply),
+    "Average": _merge(irops.Average),
+    "Maximum": _merge(irops.Maximum),
+    "Minimum": _merge(irops.Minimum),
+    "Concatenate": _concatenate,
 }
 
 
@@ -340,6 +573,11 @@ def _check_layer(layer: Any) -> None:
 
     kind = type(layer).__name__
     stock = getattr(keras.layers, kind, None)
+    if kind == "Lambda" and type(layer) is stock:
+        raise UnsupportedLayerError(
+            layer.name, kind, None, "no Lambda layers: its Python function has no inspectable graph; replace it "
+            "with the Keras layers or keras.ops calls it computes"
+        )
     if kind not in LAYER_RULES or type(layer) is not stock:
         raise UnsupportedLayerError(
             layer.name, kind, None, f"the Keras layers {sorted(['InputLayer', *LAYER_RULES])} only"
@@ -357,21 +595,60 @@ def _check_layer(layer: Any) -> None:
 
 #: Keras layer class name -> the options its rule reads: public attributes that hold what
 #: ``layer.get_config()`` would write under the same keys
+_CONV = ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate", "groups",
+         "activation", "use_bias", "lora_rank")
+_DEPTHWISE = ("kernel_size", "strides", "padding", "data_format", "depth_multiplier", "dilation_rate",
+              "activation", "use_bias")
+_POOL = ("pool_size", "strides", "padding", "data_format")
+
 LAYER_OPTIONS: dict[str, tuple[str, ...]] = {
     "Dense": ("units", "activation", "use_bias", "lora_rank"),
-    "Conv2D": ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate", "groups",
-               "activation", "use_bias", "lora_rank"),
-    "AveragePooling2D": ("pool_size", "strides", "padding", "data_format"),
-    "MaxPooling2D": ("pool_size", "strides", "padding", "data_format"),
+    "Conv1D": _CONV,
+    "Conv2D": _CONV,
+    "DepthwiseConv1D": _DEPTHWISE,
+    "DepthwiseConv2D": _DEPTHWISE,
+    "SeparableConv1D": (*_DEPTHWISE, "filters"),
+    "SeparableConv2D": (*_DEPTHWISE, "filters"),
+    "AveragePooling1D": _POOL,
+    "AveragePooling2D": _POOL,
+    "MaxPooling1D": _POOL,
+    "MaxPooling2D": _POOL,
+    "GlobalAveragePooling1D": ("data_format", "keepdims"),
     "GlobalAveragePooling2D": ("data_format", "keepdims"),
+    "GlobalMaxPooling1D": ("data_format", "keepdims"),
+    "GlobalMaxPooling2D": ("data_format", "keepdims"),
+    "UpSampling1D": ("size",),
+    "UpSampling2D": ("size", "data_format", "interpolation"),
+    "ZeroPadding1D": ("padding",),
+    "ZeroPadding2D": ("padding", "data_format"),
+    "Cropping1D": ("cropping",),
+    "Cropping2D": ("cropping", "data_format"),
     "Flatten": ("data_format",),
     "Reshape": ("target_shape",),
+    "Permute": ("dims",),
+    "RepeatVector": ("n",),
     "Activation": ("activation",),
     "ReLU": ("max_value", "negative_slope", "threshold"),
+    "LeakyReLU": ("negative_slope",),
+    "PReLU": (),
+    "ELU": ("alpha",),
     "Softmax": ("axis",),
+    "Rescaling": ("scale", "offset"),
+    "Normalization": ("axis", "invert"),
     "Dropout": (),
+    "SpatialDropout1D": (),
+    "SpatialDropout2D": (),
+    "GaussianDropout": (),
+    "GaussianNoise": (),
+    "Identity": (),
     "BatchNormalization": ("axis", "epsilon", "renorm"),
     "Add": (),
+    "Subtract": (),
+    "Multiply": (),
+    "Average": (),
+    "Maximum": (),
+    "Minimum": (),
+    "Concatenate": ("axis",),
 }
 
 
@@ -408,6 +685,159 @@ def _apply(layer: Any, inputs: list[str], output: str, node: str, b: _Builder) -
     _check_layer(layer)
     call = _Call(layer, _options(layer), inputs, output, node)
     LAYER_RULES[call.kind](call, b)
+
+
+# -- keras.ops operations recorded in functional graphs ------------------------------------------
+
+@dataclass(frozen=True)
+class _Tensor:
+    """A tensor argument of an operation call: the IR value holding it."""
+
+    value: str
+
+
+def _operation_args(args: Any, inputs: Any) -> list[Any]:
+    """The call's positional arguments with each Keras tensor replaced by its IR value (in order)."""
+    import keras
+
+    def convert(item: Any) -> Any:
+        if isinstance(item, keras.KerasTensor):
+            return _Tensor(next(inputs))
+        if isinstance(item, (list, tuple)):
+            return type(item)(convert(i) for i in item)
+        return item
+
+    return [convert(a) for a in args]
+
+
+def _op_refuse(operation: Any, what: str, supported: str) -> UnsupportedLayerError:
+    return UnsupportedLayerError(operation.name, type(operation).__name__, what, supported)
+
+
+def _scalar(operation: Any, value: Any) -> float:
+    array = np.asarray(value, dtype=np.float64)
+    if array.size != 1:
+        raise _op_refuse(operation, f"a constant operand of shape {array.shape}",
+                         "tensors of one shape, or a scalar constant")
+    return float(array.reshape(()))
+
+
+def _arithmetic(operation: Any, args: list[Any], output: str, b: _Builder) -> None:
+    """add/subtract/multiply/divide of two tensors of one shape, or of a tensor and a scalar
+    constant (a public rescale: nothing about the constant is secret)."""
+    kind = type(operation).__name__
+    a, c = args[0], args[1]
+    if isinstance(a, _Tensor) and isinstance(c, _Tensor):
+        if b.shapes[a.value] != b.shapes[c.value]:
+            raise _op_refuse(operation, f"operands of shapes {b.shapes[a.value]} and {b.shapes[c.value]}",
+                             "tensors of one shape (no broadcasting), or a scalar constant")
+        merge = {"Add": irops.Add, "Subtract": irops.Subtract, "Multiply": irops.Multiply}.get(kind)
+        if merge is None:
+            raise _op_refuse(operation, "a tensor divisor", "division by a constant only")
+        b.emit(operation.name, merge(), [a.value, c.value], output)
+        return
+    tensor, constant, swapped = (a, c, False) if isinstance(a, _Tensor) else (c, a, True)
+    v = _scalar(operation, constant)
+    if kind == "Add":
+        op = irops.Rescale(offset=v)
+    elif kind == "Subtract":
+        op = irops.Rescale(scale=-1.0, offset=v) if swapped else irops.Rescale(offset=-v)
+    elif kind == "Multiply":
+        op = irops.Rescale(scale=v)
+    elif not swapped and v != 0.0:
+        op = irops.Rescale(scale=1.0 / v)
+    else:
+        raise _op_refuse(operation, "a tensor divisor or a zero constant", "division by a non-zero constant only")
+    b.emit(operation.name, op, [tensor.value], output)
+
+
+def _shape_operation(operation: Any, args: list[Any], output: str, b: _Builder) -> None:
+    """reshape/expand_dims/squeeze (a Reshape of the features), transpose keeping the batch first."""
+    kind = type(operation).__name__
+    (x,) = [a for a in args if isinstance(a, _Tensor)]
+    shape = b.shapes[x.value]
+    if kind == "Transpose":
+        axes = operation.axes
+        if axes is None or axes[0] != 0:
+            raise _op_refuse(operation, f"axes={axes!r}", "a permutation that keeps the batch axis first")
+        b.emit(operation.name, irops.Transpose(perm=tuple(a - 1 for a in axes[1:])), [x.value], output)
+        return
+    full = [None, *shape]
+    if kind == "Reshape":
+        target = list(operation.newshape)
+        if target[0] not in (-1, None) or -1 in target[1:] and target[0] == -1:
+            raise _op_refuse(operation, f"newshape={tuple(target)}", "a newshape whose first entry is the batch (-1)")
+        new = tuple(target[1:])
+    elif kind == "ExpandDims":
+        axis = operation.axis if operation.axis >= 0 else operation.axis + len(full) + 1
+        if axis == 0:
+            raise _op_refuse(operation, "axis=0", "an axis other than the batch axis")
+        new = tuple(full[1:axis] + [1] + full[axis:])  # type: ignore[operator]
+    else:  # Squeeze
+        axes = operation.axis if isinstance(operation.axis, (list, tuple)) else (
+            [i for i, d in enumerate(full) if d == 1] if operation.axis is None else [operation.axis])
+        axes = [a % len(full) for a in axes]
+        if 0 in axes:
+            raise _op_refuse(operation, f"axis={operation.axis!r}", "an axis other than the batch axis")
+        new = tuple(d for i, d in enumerate(full) if i and i not in axes)  # type: ignore[misc]
+    b.emit(operation.name, irops.Reshape(target_shape=new), [x.value], output)
+
+
+def _concatenate_operation(operation: Any, args: list[Any], output: str, b: _Builder) -> None:
+    tensors = args[0]
+    if not all(isinstance(t, _Tensor) for t in tensors):
+        raise _op_refuse(operation, "a constant operand", "tensors only")
+    if operation.axis == 0:
+        raise _op_refuse(operation, "axis=0 (the batch axis)", "an axis other than the batch axis")
+    axis = operation.axis - 1 if operation.axis > 0 else operation.axis
+    b.emit(operation.name, irops.Concat(axis=axis), [t.value for t in tensors], output)
+
+
+def _activation_operation(make: Callable[[Any], Any]) -> Callable[[Any, list[Any], str, _Builder], None]:
+    def rule(operation: Any, args: list[Any], output: str, b: _Builder) -> None:
+        (x,) = [a for a in args if isinstance(a, _Tensor)]
+        b.emit(operation.name, make(operation), [x.value], output)
+
+    return rule
+
+
+def _softmax_operation(operation: Any) -> Any:
+    axis = operation.axis
+    if axis == 0:
+        raise _op_refuse(operation, "axis=0 (the batch axis)", "an axis other than the batch axis")
+    return irops.Softmax(axis=axis - 1 if axis > 0 else axis)
+
+
+#: keras.ops class name (a call on symbolic tensors in a functional model) -> rule
+OPERATION_RULES: dict[str, Callable[[Any, list[Any], str, _Builder], None]] = {
+    "Add": _arithmetic,
+    "Subtract": _arithmetic,
+    "Multiply": _arithmetic,
+    "Divide": _arithmetic,
+    "TrueDivide": _arithmetic,
+    "Reshape": _shape_operation,
+    "ExpandDims": _shape_operation,
+    "Squeeze": _shape_operation,
+    "Transpose": _shape_operation,
+    "Concatenate": _concatenate_operation,
+    "Relu": _activation_operation(lambda o: irops.Relu()),
+    "Relu6": _activation_operation(lambda o: irops.Relu(max_value=6.0)),
+    "LeakyRelu": _activation_operation(lambda o: irops.Relu(negative_slope=float(o.negative_slope))),
+    "Sigmoid": _activation_operation(lambda o: irops.Sigmoid()),
+    "Tanh": _activation_operation(lambda o: irops.Tanh()),
+    "Softmax": _activation_operation(_softmax_operation),
+    "Elu": _activation_operation(lambda o: irops.Elu(alpha=float(getattr(o, "alpha", 1.0)))),
+    "Gelu": _activation_operation(lambda o: irops.Gelu(approximate=bool(o.approximate))),
+    "Silu": _activation_operation(lambda o: irops.Silu()),
+    "HardSigmoid": _activation_operation(lambda o: irops.HardSigmoid()),
+    "HardSilu": _activation_operation(lambda o: irops.HardSilu()),
+    "Softplus": _activation_operation(lambda o: irops.Softplus()),
+    "Softsign": _activation_operation(lambda o: irops.Softsign()),
+}
+
+
+def _apply_operation(operation: Any, args: list[Any], output: str, b: _Builder) -> None:
+    OPERATION_RULES[type(operation).__name__](operation, args, output, b)
 
 
 # -- walking the model -----------------------------------------------------------------------------
@@ -491,11 +921,11 @@ def _functional(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[st
             b.shapes[name] = specs[name].feature_shape
             values[(name, 0)] = name
             continue
-        if not isinstance(operation, keras.layers.Layer):
+        if not isinstance(operation, keras.layers.Layer) and kind not in OPERATION_RULES:
             raise UnsupportedLayerError(
                 name, kind, f"no Keras layer behind it (an operation from {type(operation).__module__})",
-                "Keras layers only; replace keras.ops calls on symbolic tensors with layers "
-                "(e.g. keras.layers.Add instead of keras.ops.add)",
+                f"Keras layers and the keras.ops operations {sorted(OPERATION_RULES)}; replace this "
+                "call on symbolic tensors with a layer, or compute it outside the model",
             )
         # A call that read no tensor (an InputLayer's) is no call here, as in get_config.
         calls = [node for node in operation._inbound_nodes if id(node) in own and node.input_tensors]
@@ -505,7 +935,7 @@ def _functional(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[st
                 raise UnsupportedLayerError(name, kind, "a tensor passed by keyword", "tensors passed positionally only")
             if kwargs.get("training"):
                 raise UnsupportedLayerError(name, kind, "training=True in its call", "inference-mode calls only")
-            pending.append((operation, index, _refs(node.arguments.args, own)))
+            pending.append((operation, index, _refs(node.arguments.args, own), node))
 
     # Operations are listed by depth, but a shared layer's later calls may read later layers: schedule.
     while pending:
@@ -513,13 +943,17 @@ def _functional(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[st
         if not ready:
             stuck = sorted({p[0].name for p in pending})
             raise ValueError(f"the model's graph has a cycle or reads unknown tensors at layers {stuck}")
-        for layer, index, reads in ready:
+        for layer, index, reads, node in ready:
             if any(t != 0 for _, _, t in reads):
                 raise UnsupportedLayerError(layer.name, type(layer).__name__, "an input from a multi-output layer",
                                             "single-output layers only")
             # Keras names never hold '/', so later calls of a shared layer cannot clash with a layer.
             value = layer.name if index == 0 else f"{layer.name}/call{index}"
-            _apply(layer, [values[(n, c)] for n, c, _ in reads], value, value, b)
+            inputs = [values[(n, c)] for n, c, _ in reads]
+            if isinstance(layer, keras.layers.Layer):
+                _apply(layer, inputs, value, value, b)
+            else:
+                _apply_operation(layer, _operation_args(node.arguments.args, iter(inputs)), value, b)
             values[(layer.name, index)] = value
         pending = [p for p in pending if p not in ready]
 

@@ -86,6 +86,51 @@ def _shared_dense() -> Any:
     return keras.Model([a, b], [total, shared(total)])
 
 
+def _two_inputs(layer: str, shape: tuple[int, ...], n: int = 2, **kwargs: Any) -> Callable[[], Any]:
+    def build() -> Any:
+        import keras
+
+        xs = [keras.Input(shape, name=f"in{i}") for i in range(n)]
+        return keras.Model(xs, getattr(keras.layers, layer)(**kwargs)(xs))
+
+    return build
+
+
+def _concat_two() -> Any:
+    import keras
+
+    a, b = keras.Input((3, 2), name="a"), keras.Input((3, 4), name="b")
+    return keras.Model([a, b], keras.layers.Concatenate(axis=-1)([a, b]))
+
+
+def _ops_graph() -> Any:
+    """The keras.ops calls Keras 3 records as operations in a functional graph."""
+    import keras
+    from keras import ops
+
+    a, b = keras.Input((3, 4), name="a"), keras.Input((3, 4), name="b")
+    h = a + b
+    h = h - 0.5
+    h = h * a
+    h = 2.0 - h
+    h = h / 4.0
+    h = ops.concatenate([h, b], axis=-1)
+    h = ops.transpose(h, (0, 2, 1))
+    h = ops.reshape(h, (-1, 4, 6))
+    h = ops.expand_dims(h, 1)
+    h = ops.squeeze(h, 1)
+    h = ops.relu(h) - ops.gelu(h, approximate=True)
+    return keras.Model([a, b], ops.softmax(h, axis=1))
+
+
+def _normalization() -> Any:
+    import keras
+
+    layer = keras.layers.Normalization()
+    layer.adapt(np.random.default_rng(4).normal(1.0, 2.0, (50, 4)).astype(np.float32))
+    return keras.Sequential([keras.Input((4,), name="x"), layer])
+
+
 def mlp() -> Any:
     import keras
 
@@ -206,6 +251,70 @@ CASES: dict[str, Case] = {
     "shared_dense_two_outputs": Case(
         _shared_dense, ((3,), (3,)), ("dense", "tanh", "dense", "tanh", "add", "dense", "tanh")
     ),
+    # -- opset v2 layers --
+    "zero_padding2d": Case(_seq((3, 4, 2), _layer("ZeroPadding2D", ((1, 2), (0, 1)))), ((3, 4, 2),), ("pad",)),
+    "zero_padding1d": Case(_seq((4, 2), _layer("ZeroPadding1D", 2)), ((4, 2),), ("pad",)),
+    "cropping2d": Case(_seq((5, 5, 2), _layer("Cropping2D", ((1, 0), (2, 1)))), ((5, 5, 2),), ("crop",)),
+    "cropping1d": Case(_seq((6, 2), _layer("Cropping1D", (1, 2))), ((6, 2),), ("crop",)),
+    "relu6": Case(_seq((6,), _layer("ReLU", max_value=6.0)), ((6,),), ("relu",)),
+    "relu_all_options": Case(_seq((6,), _layer("ReLU", max_value=1.5, negative_slope=0.1, threshold=0.3)),
+                             ((6,),), ("relu",)),
+    "leaky_relu": Case(_seq((6,), _layer("LeakyReLU", negative_slope=0.2)), ((6,),), ("relu",)),
+    "prelu_shared": Case(_seq((3, 3, 2), _layer("PReLU", shared_axes=[1, 2])), ((3, 3, 2),), ("prelu",)),
+    "elu_layer": Case(_seq((6,), _layer("ELU", alpha=0.7)), ((6,),), ("elu",)),
+    "rescaling": Case(_seq((3, 3, 2), _layer("Rescaling", 1 / 127.5, offset=-1.0)), ((3, 3, 2),), ("rescale",)),
+    "normalization": Case(_normalization, ((4,),), ("batch_norm",)),
+    "batch_norm_axis1": Case(_seq((4, 3), _layer("BatchNormalization", axis=1)), ((4, 3),), ("batch_norm",)),
+    "concatenate": Case(_concat_two, ((3, 2), (3, 4)), ("concat",)),
+    **{
+        f"merge_{name.lower()}": Case(_two_inputs(name, (5,), 3 if name != "Subtract" else 2),
+                                      ((5,),) * (3 if name != "Subtract" else 2), (kind,))
+        for name, kind in (("Subtract", "subtract"), ("Multiply", "multiply"), ("Average", "average"),
+                           ("Maximum", "maximum"), ("Minimum", "minimum"))
+    },
+    "conv1d_causal_dilated": Case(
+        _seq((9, 2), _layer("Conv1D", 3, 3, padding="causal", dilation_rate=2, activation="relu")),
+        ((9, 2),), ("pad", "conv1d", "relu")),
+    "conv1d_same_strided": Case(_seq((9, 2), _layer("Conv1D", 4, 3, strides=2, padding="same", groups=2)),
+                                ((9, 2),), ("conv1d",)),
+    "conv2d_dilated_groups": Case(
+        _seq((7, 7, 4), _layer("Conv2D", 6, 3, padding="same", dilation_rate=2, groups=2)), ((7, 7, 4),),
+        ("conv2d",)),
+    "depthwise_conv2d": Case(
+        _seq((6, 6, 3), _layer("DepthwiseConv2D", 3, strides=2, padding="same", depth_multiplier=2)),
+        ((6, 6, 3),), ("depthwise_conv2d",)),
+    "separable_conv2d": Case(_seq((6, 6, 3), _layer("SeparableConv2D", 4, 3, activation="relu")), ((6, 6, 3),),
+                             ("depthwise_conv2d", "conv2d", "relu")),
+    "separable_conv1d": Case(_seq((8, 3), _layer("SeparableConv1D", 4, 3, padding="same")), ((8, 3),),
+                             ("depthwise_conv1d", "conv1d")),
+    "max_pool1d": Case(_seq((8, 2), _layer("MaxPooling1D", 2)), ((8, 2),), ("max_pool1d",)),
+    "avg_pool1d_same": Case(_seq((7, 2), _layer("AveragePooling1D", 2, padding="same")), ((7, 2),),
+                            ("avg_pool1d",)),
+    "global_max_pool2d": Case(_seq((3, 4, 2), _layer("GlobalMaxPooling2D")), ((3, 4, 2),), ("global_max_pool2d",)),
+    "global_avg_pool2d_keepdims": Case(_seq((3, 4, 2), _layer("GlobalAveragePooling2D", keepdims=True)),
+                                       ((3, 4, 2),), ("global_avg_pool2d",)),
+    "global_avg_pool1d": Case(_seq((5, 3), _layer("GlobalAveragePooling1D")), ((5, 3),), ("global_avg_pool1d",)),
+    "global_max_pool1d_keepdims": Case(_seq((5, 3), _layer("GlobalMaxPooling1D", keepdims=True)), ((5, 3),),
+                                       ("global_max_pool1d",)),
+    "upsampling2d": Case(_seq((2, 3, 2), _layer("UpSampling2D", (2, 3))), ((2, 3, 2),), ("upsample2d",)),
+    "upsampling1d": Case(_seq((3, 2), _layer("UpSampling1D", 2)), ((3, 2),), ("upsample1d",)),
+    "permute": Case(_seq((2, 3, 4), _layer("Permute", (3, 1, 2))), ((2, 3, 4),), ("transpose",)),
+    "repeat_vector": Case(_seq((4,), _layer("RepeatVector", 3)), ((4,),), ("repeat_vector",)),
+    "flatten_rank2": Case(_seq((3, 4), _layer("Flatten")), ((3, 4),), ("flatten",)),
+    "softmax_axis1": Case(_seq((3, 4), _layer("Softmax", axis=1)), ((3, 4),), ("softmax",)),
+    **{
+        f"activation_{act}": Case(_seq((6,), _layer("Activation", act)), ((6,),), (kind,))
+        for act, kind in (
+            ("elu", "elu"), ("gelu", "gelu"), ("silu", "silu"), ("swish", "silu"), ("hard_sigmoid", "hard_sigmoid"),
+            ("hard_silu", "hard_silu"), ("hard_swish", "hard_silu"), ("softplus", "softplus"),
+            ("softsign", "softsign"), ("relu6", "relu"), ("leaky_relu", "relu"),
+        )
+    },
+    "dense_gelu": Case(_seq((5,), _layer("Dense", 4, activation="gelu")), ((5,),), ("dense", "gelu")),
+    "keras_ops_graph": Case(
+        _ops_graph, ((3, 4), (3, 4)),
+        ("add", "rescale", "multiply", "rescale", "rescale", "concat", "transpose", "reshape", "reshape", "reshape",
+         "relu", "gelu", "subtract", "softmax")),
     "mlp": Case(mlp, ((20,),), ("dense", "relu", "identity", "dense", "tanh", "dense", "sigmoid", "dense", "softmax")),
     "lenet": Case(
         lenet,

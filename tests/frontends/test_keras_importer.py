@@ -226,53 +226,51 @@ REFUSALS = {
         lambda: _seq((4, 3), keras.layers.LSTM(2, name="lstm")),
         "LSTM layer 'lstm' is not supported; privacy-bridge supports the Keras layers ['Activation', 'Add', ",
     ),
-    "conv_dilation": (
-        lambda: _seq((8, 8, 1), keras.layers.Conv2D(2, 3, dilation_rate=2, name="conv")),
-        "Conv2D layer 'conv' has dilation_rate=(2, 2); privacy-bridge supports dilation_rate=1 only",
+    "upsampling_bilinear": (
+        lambda: _seq((4, 4, 2), keras.layers.UpSampling2D(2, interpolation="bilinear", name="up")),
+        "UpSampling2D layer 'up' has interpolation='bilinear'; privacy-bridge supports interpolation='nearest' only",
     ),
-    "conv_groups": (
-        lambda: _seq((8, 8, 4), keras.layers.Conv2D(2, 3, groups=2, name="conv")),
-        "Conv2D layer 'conv' has groups=2; privacy-bridge supports groups=1 only",
+    "conv_channels_first": (
+        lambda: _seq((2, 8, 8), keras.layers.Conv2D(2, 3, data_format="channels_first", name="conv")),
+        "Conv2D layer 'conv' has data_format='channels_first'; privacy-bridge supports data_format='channels_last'",
     ),
-    "relu_max_value": (
-        lambda: _seq((4,), keras.layers.ReLU(max_value=6, name="relu6")),
-        "ReLU layer 'relu6' has max_value=6; privacy-bridge supports ReLU with its defaults only (max_value=None)",
+    "normalization_invert": (
+        lambda: _seq((3,), keras.layers.Normalization(mean=0.0, variance=1.0, invert=True, name="norm")),
+        "Normalization layer 'norm' has invert=True; privacy-bridge supports invert=False only",
     ),
-    "relu_negative_slope": (
-        lambda: _seq((4,), keras.layers.ReLU(negative_slope=0.1, name="r")),
-        "ReLU layer 'r' has negative_slope=0.1; privacy-bridge supports ReLU with its defaults only",
-    ),
-    "dense_gelu": (
-        lambda: _seq((4,), keras.layers.Dense(2, activation="gelu", name="d")),
-        "Dense layer 'd' has activation='gelu'; privacy-bridge supports activation in ['linear', 'relu', ",
+    "dense_exponential": (
+        lambda: _seq((4,), keras.layers.Dense(2, activation="exponential", name="d")),
+        "Dense layer 'd' has activation='exponential'; privacy-bridge supports activation in ['linear', 'relu', ",
     ),
     "dense_user_function_named_relu": (
         lambda: _seq((4,), keras.layers.Dense(2, activation=_user_relu(), name="d")),
         "Dense layer 'd' has activation='function'; privacy-bridge supports activation in ['linear', 'relu', ",
     ),
-    "activation_elu": (
-        lambda: _seq((4,), keras.layers.Activation("elu", name="act")),
-        "Activation layer 'act' has activation='elu'",
+    "activation_log_softmax": (
+        lambda: _seq((4,), keras.layers.Activation("log_softmax", name="act")),
+        "Activation layer 'act' has activation='log_softmax'",
     ),
     "dense_on_rank3": (
         lambda: _seq((4, 3), keras.layers.Dense(2, name="d")),
         "Dense layer 'd' has an input of shape (None, 4, 3); privacy-bridge supports Dense on rank-2 inputs",
     ),
-    "batch_norm_axis1": (
-        lambda: _seq((4, 4, 2), keras.layers.BatchNormalization(axis=1, name="bn")),
-        "BatchNormalization layer 'bn' has axis=1; privacy-bridge supports normalisation over the last axis only",
+    "softmax_batch_axis": (
+        lambda: _seq((4, 2), keras.layers.Softmax(axis=0, name="s")),
+        "Softmax layer 's' has axis=0 (the batch axis); privacy-bridge supports an axis other than the batch axis",
     ),
-    "global_pool_keepdims": (
-        lambda: _seq((4, 4, 2), keras.layers.GlobalAveragePooling2D(keepdims=True, name="g")),
-        "GlobalAveragePooling2D layer 'g' has keepdims=True; privacy-bridge supports keepdims=False only",
+    "global_pool_channels_first": (
+        lambda: _seq((2, 4, 4), keras.layers.GlobalAveragePooling2D(data_format="channels_first", name="g")),
+        "GlobalAveragePooling2D layer 'g' has data_format='channels_first'",
     ),
     "pool_channels_first": (
         lambda: _seq((2, 4, 4), keras.layers.MaxPooling2D(2, data_format="channels_first", name="p")),
         "MaxPooling2D layer 'p' has data_format='channels_first'; privacy-bridge supports data_format='channels_last'",
     ),
-    "leaky_relu": (
-        lambda: _seq((4,), keras.layers.LeakyReLU(name="leaky")),
-        "LeakyReLU layer 'leaky' is not supported",
+    "lambda": (
+        lambda: _seq((4,), keras.layers.Lambda(lambda x: x * 2.0, name="double")),
+        "Lambda layer 'double' is not supported; privacy-bridge supports no Lambda layers: its Python function "
+        "has no inspectable graph; replace it "
+        "with the Keras layers or keras.ops calls it computes",
     ),
     "nested_model": (
         lambda: _seq((4,), keras.Sequential([keras.layers.Dense(2)], name="inner")),
@@ -295,16 +293,24 @@ def test_unsupported_layer_or_option_is_refused_by_name(case):
 
 def test_refusal_carries_layer_class_and_option():
     with pytest.raises(UnsupportedLayerError) as info:
-        to_ir(_seq((8, 8, 1), keras.layers.Conv2D(2, 3, dilation_rate=2, name="conv")))
+        to_ir(_seq((4, 4, 1), keras.layers.UpSampling2D(2, interpolation="bilinear", name="up")))
     assert (info.value.layer_name, info.value.layer_class, info.value.option) == (
-        "conv", "Conv2D", "dilation_rate=(2, 2)"
+        "up", "UpSampling2D", "interpolation='bilinear'"
     )
 
 
-def test_ops_on_symbolic_tensors_are_refused_with_the_layer_to_use():
-    a, b = keras.Input((3,)), keras.Input((3,))
-    model = keras.Model([a, b], keras.ops.add(a, b))
-    with pytest.raises(UnsupportedLayerError, match=r"keras\.layers\.Add instead of keras\.ops\.add"):
+def test_ops_on_symbolic_tensors_are_read_as_operations():
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    program, _ = to_ir(keras.Model([a, b], keras.ops.add(a, b) * 3.0))
+    assert [n.op.kind for n in program.graph.nodes] == ["add", "rescale"]
+    assert program.graph.nodes[1].op.scale == 3.0
+
+
+def test_unsupported_ops_on_symbolic_tensors_are_refused_with_what_to_do():
+    a = keras.Input((3,))
+    model = keras.Model(a, keras.ops.cumsum(a, axis=1))
+    with pytest.raises(UnsupportedLayerError, match=r"Cumsum layer '.*' has no Keras layer behind it.*keras\.ops "
+                                                    r"operations \[.*'Add'.*replace this call"):
         to_ir(model)
 
 
