@@ -12,6 +12,7 @@ All tensors are signed 64-bit integers; arithmetic wraps modulo 2^64 exactly
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -126,6 +127,12 @@ class RingKernels(ABC):
     def compile(self, fn):
         """Wrap a pure tensor function for speed (e.g. ``tf.function``); identity by default."""
         return fn
+
+    def parallel_parties(self, count: int) -> contextlib.AbstractContextManager:
+        """While ``count`` parties run their kernels in threads of this process (embedded
+        mode), keep their intra-op threads within the cores: ``count`` thread teams of
+        ``cores`` threads each would oversubscribe a small machine.  No-op by default."""
+        return contextlib.nullcontext()
 
 
 def pack_bits_np(bits: np.ndarray) -> np.ndarray:

@@ -96,10 +96,12 @@ class ThreadedParties:
                                    f"stays with party {name!r})")
 
         threads = [threading.Thread(target=body, args=(n,), name=f"party-{n}", daemon=True) for n in names]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        busy = sum(1 for n in names if self.contexts[n].in_protocol)
+        with next(iter(self.contexts.values())).kernels.parallel_parties(busy):  # no oversubscribed cores
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         if errors:
             root = {n: e for n, e in errors.items() if not isinstance(e, PeerError)} or errors
             party, error = next(iter(root.items()))

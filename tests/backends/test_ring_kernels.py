@@ -480,3 +480,27 @@ def test_limb_plan_bounds():
             assert pairs_per_sum(size, scheme) * size * 2 ** (2 * scheme.digit_bits) <= 2**53
     assert LIMBS22.widths == (22, 22, 20) and LIMBS16.widths == (16,) * 4
     assert (LIMBS22.products, LIMBS16.products) == (6, 10)
+
+
+def test_party_threads_share_the_cores_instead_of_oversubscribing_them(monkeypatch):
+    """Embedded mode: each party thread gets cores // (parties in the protocol) intra-op
+    threads (at least one, never more than the caller's), and the caller's count comes back."""
+    import os
+
+    from backends.torch_spdz.kernels import TorchKernels
+    from bridge.ir import Numerics
+    from bridge.mpc.runtime import ThreadedParties
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(6)
+    try:
+        parties = ThreadedParties(("server0", "server1", "dealer", "client"), TorchKernels(kernel_cache=False),
+                                  Numerics(), ("server0", "server1"), "dealer")
+        seen = parties.run(lambda ctx: torch.get_num_threads())
+        assert seen == {"server0": 2, "server1": 2, "dealer": 2, "client": 2}  # 8 cores // 3 in the protocol
+        assert torch.get_num_threads() == 6
+        torch.set_num_threads(1)
+        assert set(parties.run(lambda ctx: torch.get_num_threads()).values()) == {1}
+    finally:
+        torch.set_num_threads(before)
