@@ -76,10 +76,10 @@ def loss_head(program: Program) -> LossHead:
             "optimizer (frontends.keras.training.training_spec builds it)"
         )
     graph = program.graph
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+    if len(graph.outputs) != 1:
         raise TrainingRefused(
-            f"training supports models with one input and one output; this one has inputs "
-            f"{list(graph.inputs)} and outputs {list(graph.outputs)}"
+            f"training takes one loss on one output; this model has outputs {list(graph.outputs)}. "
+            "Train a single-output model (any number of inputs), or compute the other heads' losses in the clear."
         )
     for node in graph.nodes:
         if node.op.kind == "batch_norm":
@@ -88,9 +88,6 @@ def loss_head(program: Program) -> LossHead:
                 "support (its batch statistics would need a secure square root per step). Remove it, "
                 "or train in the clear and use encrypted serving."
             )
-        why = irops.training_refusal(node.op)
-        if why:
-            raise TrainingRefused(f"layer {node.name!r} ({node.op.kind}) cannot be trained encrypted: {why}")
     output = next(iter(graph.outputs))
     width = graph.outputs[output].feature_shape
     if len(width) != 1:
@@ -125,8 +122,16 @@ def encode_labels(head: LossHead, y: np.ndarray) -> np.ndarray:
                 f"shape {y.shape}; pass integer labels of shape (n,) or use categorical_crossentropy"
             )
         index = flat[:, 0]
-        if np.any(index != np.round(index)) or np.any(index < 0) or np.any(index >= head.width):
-            raise ValueError(f"class indices must be integers in [0, {head.width}); received {np.unique(index)[:10]}")
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~np.isfinite(index) | (index != np.round(index)) | (index < 0) | (index >= head.width))
+        if bad.size:
+            shown = ", ".join(f"{index[i]:g} at index {i}" for i in bad[:5])
+            more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+            raise ValueError(
+                f"class indices must be integers in [0, {head.width}) for the model's {head.width} output units; "
+                f"received {shown}{more} ({bad.size} of {len(index)} labels). Fix those labels, or give the last "
+                "layer as many units as there are classes."
+            )
         return np.eye(head.width)[index.astype(np.int64)]
     rows = y.astype(np.float64).reshape(len(y), -1)
     if rows.shape[1] != head.width:
@@ -135,6 +140,43 @@ def encode_labels(head: LossHead, y: np.ndarray) -> np.ndarray:
             f"received labels of shape {y.shape}"
         )
     return rows
+
+
+def owner_rows(program: Program, head: LossHead, item: Any, owner: str) -> tuple[dict[str, np.ndarray], np.ndarray,
+                                                                               np.ndarray | None]:
+    """One owner's ``load_data`` entry, checked: (x by input name, encoded labels, weights or None).
+
+    ``item`` is (x, y) or (x, y, sample_weight); x is one array for a single-input model,
+    else a dict {input name: array}.
+    """
+    if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+        raise ValueError(f"{owner}'s data must be (x, y) or (x, y, sample_weight), received {type(item).__name__}")
+    inputs = program.graph.inputs
+    x = item[0]
+    if not isinstance(x, Mapping):
+        if len(inputs) != 1:
+            raise ValueError(f"{owner}'s x must be a dict over the model's inputs {list(inputs)}")
+        x = {next(iter(inputs)): x}
+    if set(x) != set(inputs):
+        raise ValueError(f"{owner}'s x has inputs {sorted(x)}; the model takes {list(inputs)}")
+    xs = {}
+    for name, spec in inputs.items():
+        value = np.asarray(x[name], dtype=np.float64)
+        if value.shape[1:] != spec.feature_shape:
+            shown = f"{name!r} " if len(inputs) > 1 else ""
+            raise ValueError(
+                f"{owner}'s x {shown}has shape {value.shape}; the model takes (rows, "
+                f"{', '.join(map(str, spec.feature_shape))})"
+            )
+        xs[name] = value
+    labels = encode_labels(head, item[1])
+    weights = None if len(item) == 2 or item[2] is None else np.asarray(item[2], dtype=np.float64).reshape(-1)
+    for name, value in xs.items():
+        if len(value) != len(labels):
+            raise ValueError(f"{owner} gave {len(value)} rows of x but {len(labels)} labels")
+    if weights is not None and len(weights) != len(labels):
+        raise ValueError(f"{owner} gave {len(labels)} labels but {len(weights)} sample weights")
+    return xs, labels, weights
 
 
 def batch_schedule(rows: int, batch_size: int, epoch: int, seed: int, shuffle: bool = True) -> list[np.ndarray]:
@@ -431,29 +473,33 @@ class ReferenceTrainingExecutable(TrainingExecutable):
         self.metrics = tuple(metrics)
         self._weights = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
         self._optimizer = ReferenceOptimizerState()
-        self._data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._input = next(iter(program.graph.inputs))
+        self._data: dict[str, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]] = {}
         self._trainable = {n for n, s in program.graph.parameters.items() if s.trainable}
 
-    def load_data(self, data: Mapping[str, tuple[np.ndarray, np.ndarray]], split: str = "train") -> int:
-        xs, ys = [], []
-        for x, y in data.values():
-            xs.append(np.asarray(x, dtype=np.float64))
-            ys.append(encode_labels(self.head, y))
-        self._data[split] = (np.concatenate(xs), np.concatenate(ys))
-        return len(self._data[split][0])
+    def load_data(self, data: Mapping[str, Any], split: str = "train") -> int:
+        """{owner: (x, y) or (x, y, sample_weight)}; all owners weighted or none."""
+        parts = [owner_rows(self.program, self.head, item, owner) for owner, item in data.items()]
+        weighted = {w is not None for _, _, w in parts}
+        if len(weighted) > 1:
+            raise ValueError("either every data owner gives sample weights or none does")
+        xs = {name: np.concatenate([p[0][name] for p in parts]) for name in self.program.graph.inputs}
+        w = np.concatenate([p[2] for p in parts]) if weighted == {True} else None
+        self._data[split] = (xs, np.concatenate([p[1] for p in parts]), w)
+        return len(self._data[split][1])
 
     def _step(self, rows: np.ndarray, split: str, train: bool) -> StepResult:
-        x, y = self._data[split][0][rows], self._data[split][1][rows]
-        values = reference_values(self.program, self._weights, {self._input: x})
+        xs, labels, weights = self._data[split]
+        y = labels[rows]
+        w = np.ones(len(rows)) if weights is None else weights[rows]
+        values = reference_values(self.program, self._weights, {name: x[rows] for name, x in xs.items()})
         p = predicted(self.head, values)
         result = StepResult(
-            float(np.mean(loss_values(self.head, p, y))),
+            float(np.mean(w * loss_values(self.head, p, y))),  # Keras: sum(w_i l_i) / batch size
             {m: float(np.mean(correct(self.head, p, y))) for m in self.metrics},
             len(rows),
         )
         if train:
-            seed = self.head.gradient_scale * (p - y) / len(rows)
+            seed = self.head.gradient_scale * w[:, None] * (p - y) / len(rows)
             grads, _ = reference_backward(self.program, self._weights, values, {self.head.seed: seed})
             spec = self.program.training
             assert spec is not None

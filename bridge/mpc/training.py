@@ -63,6 +63,7 @@ from bridge.mpc.protocol import (
     add_public,
     beaver,
     mask_operand,
+    mul,
     mul_public_int,
     neg,
     reveal_to,
@@ -72,7 +73,7 @@ from bridge.mpc.protocol import (
 )
 from bridge.mpc.runtime import PartyRunner, ThreadedParties
 from bridge.mpc.session import SecureExecutable, compute_and_dealer, setup_party
-from bridge.reference_train import LossHead, TrainingRefused, encode_labels, loss_head
+from bridge.reference_train import LossHead, TrainingRefused, loss_head, owner_rows
 
 #: op kinds whose outputs the overflow check reads: the ones that can grow a value
 CHECKED_KINDS = frozenset({"dense", "conv2d", "add"})
@@ -130,12 +131,15 @@ def log_unit(ctx: PartyContext, x: Shared) -> Shared:
 
 
 def batch_metrics(
-    ctx: PartyContext, head: LossHead, p: Shared, y: Shared, with_accuracy: bool
+    ctx: PartyContext, head: LossHead, p: Shared, y: Shared, with_accuracy: bool, weights: Shared | None = None,
 ) -> Shared:
     """[(summed loss, summed accuracy)] over the batch's rows, both fixed point.
 
     Cross-entropy reads ln(p) through ``log_unit`` (so a row's loss is at most f ln 2,
     11.1 at f = 16, where Keras clips at 16.1); MSE is exact up to rounding.
+    ``weights`` (per row, shared): the loss sums w_i loss_i, as Keras' weighted loss
+    before it divides by the batch size (one more product); accuracy stays unweighted,
+    as Keras' ``metrics`` are.
     Accuracy: a softmax row is right when p_true >= p_c for every class c (C comparisons
     in one call, then one on their count: 12 rounds); the one-hot product p_true is kept
     at 2f fractional bits, so it equals the winning p_c exactly.  Sigmoid units compare
@@ -145,17 +149,24 @@ def batch_metrics(
     n, width = k.shape(p.share)
     scale = ctx.numerics.scale
     zero = Shared(k.zeros(()))
+
+    def total(per_row: Shared) -> Shared:
+        """sum_i w_i l_i (or sum_i l_i) of per-row values of shape (n,)."""
+        if weights is not None:
+            per_row = mul(ctx, per_row, weights)
+        return Shared(k.sum(per_row.share, axis=0))
+
     with ctx.messenger.label("metrics"):
         if head.link is None:  # mean squared error
             diff = sub(ctx, p, y)
             sq = truncate(ctx, beaver(ctx, diff, diff, k.mul, (n, width)))
-            loss = truncate(ctx, mul_public_int(ctx, Shared(k.sum(sq.share, axis=(0, 1))),
+            loss = truncate(ctx, mul_public_int(ctx, total(Shared(k.sum(sq.share, axis=1))),
                                                 ctx.public(np.array(round(scale / width)))))
             return Shared(k.stack([loss.share, zero.share], axis=0))
         if head.link == "softmax":
             wide = Shared(k.sum(beaver(ctx, p, y, k.mul, (n, width)).share, axis=1))  # p_true * 2^2f
             p_true = truncate(ctx, wide)
-            loss = neg(ctx, Shared(k.sum(log_unit(ctx, p_true).share, axis=0)))
+            loss = neg(ctx, total(log_unit(ctx, p_true)))
             if not with_accuracy:
                 return Shared(k.stack([loss.share, zero.share], axis=0))
             # a row is right when p_true >= p_c for all C classes: count those, compare with C
@@ -171,7 +182,7 @@ def batch_metrics(
         logs = log_unit(ctx, both)
         log_p, log_q = k.unstack(logs.share)
         per_unit = add(ctx, truncate(ctx, beaver(ctx, y, Shared(k.sub(log_p, log_q)), k.mul, (n, width))), Shared(log_q))
-        loss = neg(ctx, Shared(k.sum(per_unit.share, axis=(0, 1))))
+        loss = neg(ctx, total(Shared(k.sum(per_unit.share, axis=1))))
         loss = truncate(ctx, mul_public_int(ctx, loss, ctx.public(np.array(round(scale / width)))))
         if not with_accuracy:
             return Shared(k.stack([loss.share, zero.share], axis=0))
@@ -258,9 +269,10 @@ class SecureTrainingExecutable(TrainingExecutable):
         )
         self.setup_stats: CommStats = self.parties.stats.since(before)
         self._optimizer: dict[str, OptimizerState] = {p: OptimizerState() for p in self.parties.contexts}
-        self._data: dict[str, dict[str, tuple[Shared, Shared]]] = {p: {} for p in self.parties.contexts}
+        self._data: dict[str, dict[str, tuple[dict[str, Shared], Shared, Shared | None]]] = {
+            p: {} for p in self.parties.contexts
+        }
         self._rows: dict[str, int] = {}
-        self._input = next(iter(program.graph.inputs))
         self._checked = [n for n in program.graph.nodes if n.op.kind in CHECKED_KINDS]
         relu_of = {n.inputs[0]: n.output for n in program.graph.nodes if n.op.kind == "relu"}
         self._rectified = [relu_of.get(n.output) for n in self._checked]
@@ -268,8 +280,10 @@ class SecureTrainingExecutable(TrainingExecutable):
         self.last_stats: CommStats | None = None
 
     # -- data ----------------------------------------------------------------------------------
-    def load_data(self, data: Mapping[str, tuple[np.ndarray, np.ndarray]], split: str = "train") -> int:
-        """Each owner shares its rows and one-hot labels (8 bytes per value to each compute party)."""
+    def load_data(self, data: Mapping[str, Any], split: str = "train") -> int:
+        """Each owner shares its rows (every input), one-hot labels and, when given, sample
+        weights: 8 bytes per value to each compute party.  ``data``: {owner: (x, y) or
+        (x, y, sample_weight)}, x one array or {input name: array}; all owners weighted or none."""
         names = set(self.program.placement.names)
         unknown = sorted(set(data) - names)
         if unknown:
@@ -277,34 +291,32 @@ class SecureTrainingExecutable(TrainingExecutable):
                 f"data owners {unknown} are not parties of the placement {sorted(names)}; "
                 "add them to the placement (fit_encrypted does this from the data's keys)"
             )
-        feature = self.program.graph.inputs[self._input].feature_shape
-        plain: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for owner, (x, y) in data.items():
-            x = np.asarray(x, dtype=np.float64)
-            if x.shape[1:] != feature:
-                raise ValueError(
-                    f"{owner}'s x has shape {x.shape}; the model takes (rows, {', '.join(map(str, feature))})"
-                )
-            labels = encode_labels(self.head, y)
-            if len(labels) != len(x):
-                raise ValueError(f"{owner} gave {len(x)} rows of x but {len(labels)} labels")
-            plain[owner] = (x, labels)
+        plain = {owner: owner_rows(self.program, self.head, item, owner) for owner, item in data.items()}
+        weighted = {w is not None for _, _, w in plain.values()}
+        if len(weighted) > 1:
+            raise ValueError("either every data owner gives sample weights or none does")
+        inputs = list(self.program.graph.inputs)
 
         def share(ctx: PartyContext) -> None:
-            xs, ys = [], []
-            for owner, (x, labels) in plain.items():
+            xs: dict[str, list[Shared]] = {name: [] for name in inputs}
+            ys, ws = [], []
+            for owner, (x, labels, w) in plain.items():
                 mine = ctx.name == owner
-                xs.append(share_input(ctx, owner, x if mine else None, x.shape, f"{split}:{owner}:x"))
+                for name in inputs:
+                    what = f"{split}:{owner}:x" + (f":{name}" if len(inputs) > 1 else "")
+                    xs[name].append(share_input(ctx, owner, x[name] if mine else None, x[name].shape, what))
                 ys.append(share_input(ctx, owner, labels if mine else None, labels.shape, f"{split}:{owner}:y"))
+                if w is not None:
+                    ws.append(share_input(ctx, owner, w if mine else None, w.shape, f"{split}:{owner}:w"))
             if ctx.in_protocol:
                 k = ctx.kernels
+                join = lambda parts: Shared(k.concat([p.share for p in parts], axis=0))  # noqa: E731
                 self._data[ctx.name][split] = (
-                    Shared(k.concat([s.share for s in xs], axis=0)),
-                    Shared(k.concat([s.share for s in ys], axis=0)),
+                    {name: join(parts) for name, parts in xs.items()}, join(ys), join(ws) if ws else None,
                 )
 
         self.parties.run(share)
-        self._rows[split] = sum(len(x) for x, _ in plain.values())
+        self._rows[split] = sum(len(labels) for _, labels, _ in plain.values())
         return self._rows[split]
 
     # -- steps ---------------------------------------------------------------------------------
@@ -330,10 +342,11 @@ class SecureTrainingExecutable(TrainingExecutable):
             values: dict[str, Shared] = {}
             caches: dict[str, Any] = {}
             if ctx.in_protocol:
-                x_all, y_all = self._data[ctx.name][split]
-                x = Shared(k.gather(x_all.share, rows, axis=0))
+                x_all, y_all, w_all = self._data[ctx.name][split]
+                xs = {name: Shared(k.gather(x.share, rows, axis=0)) for name, x in x_all.items()}
                 y = Shared(k.gather(y_all.share, rows, axis=0))
-                values, caches = secure_forward(ctx, program, params, {self._input: x}, training=train)
+                w = None if w_all is None else Shared(k.gather(w_all.share, rows, axis=0))
+                values, caches = secure_forward(ctx, program, params, xs, training=train)
             if self.check_overflow and self._checked:
                 flags = None
                 if ctx.in_protocol:
@@ -346,9 +359,12 @@ class SecureTrainingExecutable(TrainingExecutable):
             summary = None
             if ctx.in_protocol:
                 p = probabilities(ctx, head, values)
-                summary = batch_metrics(ctx, head, p, y, bool(self.metrics))
+                summary = batch_metrics(ctx, head, p, y, bool(self.metrics), w)
                 if train:
                     seed = loss_gradient(ctx, head, p, y)
+                    if w is not None:  # Keras: d(sum w_i l_i / n) = w_i (d l_i / n), row by row
+                        seed = mul(ctx, seed, Shared(k.broadcast_to(k.reshape(w.share, (len(rows), 1)),
+                                                                    k.shape(seed.share))))
                     grads, _ = secure_backward(ctx, program, params, values, caches, {head.seed: seed})
                     secure_update(ctx, spec.optimizer, params, self._optimizer[ctx.name], grads)
                     remask(ctx, program, params)

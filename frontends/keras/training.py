@@ -17,8 +17,9 @@
              "binary_accuracy") for classification losses; none other.
 
 ``fit_encrypted(model, backend, data, ...)`` trains: the model owner shares the
-initial weights, each data owner in ``data`` shares its own ``(x, y)`` (labels stay
-secret), batches run in ``bridge.reference_train.batch_schedule`` order, and the
+initial weights, each data owner in ``data`` shares its own ``(x, y)`` (labels and
+sample weights stay secret), batches run in the order ``model.fit`` would draw
+(``fit_data.keras_batch_order``; public to the compute parties), and the
 trained weights are written back into ``model``, or, with ``keep_shared=True``,
 stay secret-shared on the backend: the returned History's ``serving`` attribute is
 then an encrypted-serving Executable over them, and ``model`` is left unchanged.
@@ -46,6 +47,15 @@ from bridge.ir import (
     TrainingSpec,
 )
 from bridge.reference_train import TrainingRefused, batch_schedule
+from frontends.keras.fit_data import (
+    complete_weights,
+    keras_batch_order,
+    keras_seed_is_set,
+    model_input_names,
+    owned_data,
+    split_validation,
+    with_class_weight,
+)
 
 SUPPORTED_LOSSES = (
     "'mse', 'binary_crossentropy' (sigmoid output), 'categorical_crossentropy' or "
@@ -255,29 +265,6 @@ def cluster_training_placement(program: Program, data_owners: list[str], cluster
     )
 
 
-def _owned(
-    data: Any, what: str, parties: Any, default_owner: str = "data_owner"
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    if isinstance(data, Mapping):
-        out = {}
-        for owner, pair in data.items():
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise ValueError(f"{what}[{owner!r}] must be an (x, y) pair, received {type(pair).__name__}")
-            out[str(owner)] = (np.asarray(pair[0]), np.asarray(pair[1]))
-        if not out:
-            raise ValueError(f"{what} maps no data owner to data")
-        return out
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        owner = default_owner
-        if isinstance(parties, Mapping) and parties.get("data_owner"):
-            owner = str(parties["data_owner"])
-        return {owner: (np.asarray(data[0]), np.asarray(data[1]))}
-    raise ValueError(
-        f"{what} must map data-owner names to (x, y) pairs, e.g. {{'alice': (x_a, y_a), 'bob': (x_b, y_b)}}, "
-        f"or be one (x, y) pair for a single local data owner; received {type(data).__name__}"
-    )
-
-
 # -- fit ------------------------------------------------------------------------------------------
 
 def _mean(results: list[Any], key: str | None) -> float:
@@ -293,10 +280,13 @@ def fit_encrypted(
     epochs: int = 1,
     batch_size: int | None = None,
     validation_data: Any = None,
+    validation_split: float = 0.0,
     callbacks: list[Any] | None = None,
     verbose: str | int = "auto",
-    shuffle: bool = True,
-    seed: int = 0,
+    shuffle: bool | str = True,
+    class_weight: Mapping[int, float] | None = None,
+    sample_weight: Any = None,
+    seed: int | None = None,
     keep_shared: bool = False,
     parties: Placement | Mapping[str, Any] | None = None,
     check_overflow: bool = True,
@@ -309,10 +299,20 @@ def fit_encrypted(
 ) -> Any:
     """Train ``model`` on ``backend`` like ``model.fit``; returns a ``keras.callbacks.History``.
 
-    data: {data_owner: (x, y)}, or one (x, y) pair (a single local data owner).
-    validation_data: (x, y) or {owner: (x, y)}; shared by its owner (the first data
-      owner for a plain pair) and evaluated after each epoch: val_loss, val_<metric>.
-    seed, shuffle: the batch order, ``bridge.reference_train.batch_schedule``.
+    data: {data_owner: (x, y)} or {data_owner: (x, y, sample_weight)}, or one (x, y) pair
+      (a single local data owner).  x is an array, or for a model with several inputs a
+      list of arrays (``model.inputs`` order) or a dict keyed by input name.
+    validation_data: (x, y[, w]) or {owner: (x, y[, w])}; shared by its owner (the first data
+      owner for a plain tuple) and evaluated after each epoch: val_loss, val_<metric>.
+    validation_split: as Keras, the last fraction of the rows (owners in order, before
+      shuffling) is held out, each row staying with its owner; ignored with validation_data.
+    class_weight, sample_weight: as Keras: the training loss is sum(w_i loss_i) / batch size
+      and its gradient is weighted alike; metrics stay unweighted.  Each owner turns
+      class_weight into weights from its own labels before sharing; weights stay secret.
+    shuffle: Keras' batch order: ``model.fit``'s own epoch iterator draws it, so
+      ``keras.utils.set_random_seed(n)`` before fit gives the order ``model.fit`` would use
+      after the same call.  The order is public to the compute parties and the dealer.
+      ``seed=<int>`` instead uses ``bridge.reference_train.batch_schedule`` (not Keras').
     keep_shared: leave the trained weights secret-shared; ``history.serving`` is an
       encrypted-serving Executable over them and ``model``'s weights are not touched.
     parties: a Placement, or {"model_owner", "compute", "dealer"} names.
@@ -321,8 +321,10 @@ def fit_encrypted(
     cluster: (ClusterConfig, this process's party) to run only that party here
       (``privacy-bridge party/launch`` set it through ``privatize``).  Every process
       passes data of the same shapes; only each owner's own values are used, so the
-      other processes may pass zeros.  Only the model owner's process sees the loss
-      and metrics (NaN elsewhere) and gets the trained weights written into ``model``
+      other processes may pass zeros.  Every process must draw the same batch order:
+      call ``keras.utils.set_random_seed(n)`` (the same n) in the script, pass seed=, or
+      shuffle=False.  Only the model owner's process sees the loss and metrics (NaN
+      elsewhere) and gets the trained weights written into ``model``
       (``history.received_weights``).
     """
     import keras
@@ -332,31 +334,54 @@ def fit_encrypted(
     if unsupported:
         raise TypeError(
             f"fit arguments {sorted(unsupported)} are not supported by encrypted training; it takes epochs, "
-            "batch_size, validation_data, callbacks, verbose, shuffle, seed, keep_shared, parties, "
-            "check_overflow, overflow_bound, numerics, timeout_s, device"
+            "batch_size, validation_data, validation_split, callbacks, verbose, shuffle, class_weight, "
+            "sample_weight, seed, keep_shared, parties, check_overflow, overflow_bound, numerics, timeout_s, device"
         )
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, received {epochs}")
+    if shuffle not in (True, False, "batch"):
+        raise ValueError(f"shuffle must be True, False or 'batch' (as in Keras' fit), received {shuffle!r}")
+    if seed is not None and shuffle == "batch":
+        raise ValueError("shuffle='batch' follows Keras' own order; drop seed= to use it")
     batch_size = batch_size or 32
-    spec = training_spec(model, epochs=max(epochs, 1), batch_size=batch_size, shuffle=shuffle)
+    spec = training_spec(model, epochs=max(epochs, 1), batch_size=batch_size, shuffle=bool(shuffle))
     metrics = compiled_metrics(model, spec.loss)
     config, party = cluster if cluster is not None else (None, None)
     default_owner = "data_owner"
-    if config is not None and not parties:
+    if isinstance(parties, Mapping) and parties.get("data_owner"):
+        default_owner = str(parties["data_owner"])
+    elif config is not None and not parties:
         cluster_owners = config.with_role(Role.DATA_OWNER)
         default_owner = cluster_owners[0] if len(cluster_owners) == 1 else default_owner
-    owned = _owned(data, "data", parties, default_owner)
-    val = None
-    if validation_data is not None:
-        val = _owned(validation_data, "validation_data", {"data_owner": next(iter(owned))})
-    owners = list(dict.fromkeys([*owned, *(val or {})]))
     program, weights = to_ir(model, numerics=numerics, privacy=PrivacyMode.ENCRYPTED_TRAINING)
     program = program.model_copy(update={"training": spec})
+    names = model_input_names(model, program)
+    owned = owned_data(data, "data", names, default_owner, sample_weight)
+    val = None
+    if validation_data is not None:
+        val = owned_data(validation_data, "validation_data", names, next(iter(owned)))
+    elif validation_split:
+        owned, val = split_validation(owned, validation_split)
+    owned = complete_weights(with_class_weight(owned, class_weight))
+    val = complete_weights(val) if val else None
+    owners = list(dict.fromkeys([*owned, *(val or {})]))
     if config is not None and not parties:
         placement = cluster_training_placement(program, owners, config)
     else:
         placement = training_placement(program, owners, parties)
     program = program.model_copy(update={"placement": placement})
+
+    rows = sum(len(r) for r in owned.values())
+    if seed is not None:
+        order = [batch_schedule(rows, batch_size, epoch, seed, bool(shuffle)) for epoch in range(epochs)]
+    else:
+        if config is not None and shuffle and not keras_seed_is_set():
+            raise ValueError(
+                "with one process per party every process must draw the same batch order, but no Keras seed is "
+                "set; call keras.utils.set_random_seed(n) with the same n in the script before fit, or pass "
+                "shuffle=False"
+            )
+        order = keras_batch_order(model, rows, batch_size, epochs, shuffle)
 
     options: dict[str, Any] = {"metrics": metrics}
     if config is not None:
@@ -377,13 +402,12 @@ def fit_encrypted(
             options["device"] = device
     executable: TrainingExecutable = backend.prepare_training(program, weights, **options)
     try:
-        rows = executable.load_data(owned, split="train")
-        val_rows = executable.load_data(val, split="validation") if val else 0
+        executable.load_data({o: r.as_tuple() for o, r in owned.items()}, split="train")
+        val_rows = executable.load_data({o: r.as_tuple() for o, r in val.items()}, split="validation") if val else 0
 
-        steps = -(-rows // batch_size)
         callback_list = keras.callbacks.CallbackList(
             callbacks, add_history=True, add_progbar=verbose not in (0, "silent"),
-            verbose=1 if verbose == "auto" else verbose, epochs=epochs, steps=steps, model=model,
+            verbose=1 if verbose == "auto" else verbose, epochs=epochs, steps=-(-rows // batch_size), model=model,
         )
         model.stop_training = False
         traffic: list[Any] = []
@@ -392,7 +416,7 @@ def fit_encrypted(
         for epoch in range(epochs):
             callback_list.on_epoch_begin(epoch)
             results = []
-            for step, batch in enumerate(batch_schedule(rows, batch_size, epoch, seed, shuffle)):
+            for step, batch in enumerate(order[epoch]):
                 callback_list.on_train_batch_begin(step)
                 results.append(executable.train_batch(batch))
                 logs = {"loss": _mean(results, None), **{m: _mean(results, m) for m in metrics}}
@@ -404,7 +428,7 @@ def fit_encrypted(
             if val_rows:
                 val_results = [
                     executable.evaluate_batch(b, "validation")
-                    for b in batch_schedule(val_rows, batch_size, 0, seed, shuffle=False)
+                    for b in batch_schedule(val_rows, batch_size, 0, 0, shuffle=False)
                 ]
                 epoch_logs["val_loss"] = _mean(val_results, None)
                 epoch_logs.update({f"val_{m}": _mean(val_results, m) for m in metrics})

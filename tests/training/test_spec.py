@@ -140,8 +140,8 @@ def test_fit_arguments_keras_has_but_encrypted_training_lacks_are_refused():
     model = _model()
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     data = (np.zeros((4, 4)), np.zeros(4))
-    with pytest.raises(TypeError, match=r"fit arguments \['class_weight'\] are not supported"):
-        fit_encrypted(model, get_backend("plaintext"), data, class_weight={0: 1.0})
+    with pytest.raises(TypeError, match=r"fit arguments \['initial_epoch', 'steps_per_epoch'\] are not supported"):
+        fit_encrypted(model, get_backend("plaintext"), data, steps_per_epoch=2, initial_epoch=1)
 
 
 def test_training_placement_has_every_role():
