@@ -58,8 +58,9 @@ def kernel_rows(backends: Iterable[str], recalibrate: bool = False) -> list[dict
         prime(name)
         kernels = get_backend(name).make_kernels()  # reads what the runs above cached
         chooser = kernels.chooser
-        threads = chooser.threads()
-        rows += [{"backend": name, "threads": threads, **row} for row in chooser.table()]
+        with kernels.parallel_parties(3):  # the thread count the party threads ran with
+            threads = chooser.threads()
+            rows += [{"backend": name, "threads": threads, **row} for row in chooser.table()]
     return rows
 
 

@@ -24,10 +24,11 @@ def test_bench_kernels_prints_each_shape_class_and_its_fastest_path(monkeypatch,
 
     monkeypatch.setenv("PRIVACY_BRIDGE_CACHE_DIR", str(tmp_path))
 
-    def prime(name: str) -> None:  # two shape classes instead of every workload
+    def prime(name: str) -> None:  # two shape classes instead of every workload, as party threads run them
         kernels = get_backend(name).make_kernels()
-        for m, k, n in ((8, 40, 8), (64, 3, 5)):
-            kernels.matmul(kernels.zeros((m, k)), kernels.zeros((k, n)))
+        with kernels.parallel_parties(3):
+            for m, k, n in ((8, 40, 8), (64, 3, 5)):
+                kernels.matmul(kernels.zeros((m, k)), kernels.zeros((k, n)))
 
     monkeypatch.setattr(bench_kernels, "prime", prime)
     assert main(["bench", "--kernels", "--backend", "torch-spdz", "--json"]) == 0
