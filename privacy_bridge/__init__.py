@@ -5,7 +5,7 @@
 The implementation keeps its layout (``bridge`` the protocol-neutral IR and MPC,
 ``backends`` the engines, ``frontends`` Keras and the CLI); this package only
 re-exports what a user needs, so that scripts do not depend on that layout.
-(``connect``, the client of a served model, joins this list when it is written.)
+``connect`` is the client of a served model (``privacy-bridge serve``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from bridge.backend import BackendError
 from bridge.config import ConfigError
 from bridge.registry import available_backends
-from frontends.keras import PrivateModel, UnsupportedLayerError, privatize, to_ir
+from frontends.keras import PrivateModel, UnsupportedLayerError, connect, privatize, to_ir
 
 __all__ = [
     "BackendError",
@@ -21,6 +21,7 @@ __all__ = [
     "PrivateModel",
     "UnsupportedLayerError",
     "available_backends",
+    "connect",
     "privatize",
     "to_ir",
 ]

@@ -39,6 +39,10 @@ class ServingError(RuntimeError):
     """The service could not answer: a party is down, stalled, or refused the request."""
 
 
+class ServiceUnavailableError(ServingError):
+    """A party of the service is down, stalled, or lost a peer while serving."""
+
+
 class ConnectionLost(ServingError):
     """The connection to a party closed or sent something that is not a message."""
 
@@ -201,7 +205,7 @@ def open_connection(service: Service, credentials: PartyCredentials, party: str,
     try:
         raw = socket.create_connection((host, port), timeout=timeout_s)
     except OSError as exc:
-        raise ServingError(f"party {party!r} does not answer at {host}:{port} ({exc}): is its "
+        raise ServiceUnavailableError(f"party {party!r} does not answer at {host}:{port} ({exc}): is its "
                            "`privacy-bridge serve` running?") from exc
     try:
         sock = context.wrap_socket(raw)

@@ -29,6 +29,7 @@ from bridge.serving.channel import (
     Connection,
     ConnectionLost,
     Message,
+    ServiceUnavailableError,
     ServingError,
     client_credentials,
     open_connection,
@@ -37,8 +38,8 @@ from bridge.serving.config import Service, load_service
 from bridge.serving.model import service_program, share_input, share_parameters
 
 
-class ServiceUnavailableError(ServingError):
-    """A party of the service is down, stalled, or lost a peer while serving."""
+class PartyStalledError(ServiceUnavailableError):
+    """A party did not answer within the timeout (dead, stalled or overloaded)."""
 
 
 #: error kinds a party may report, raised here as these classes (anything else: ServingError)
@@ -84,7 +85,12 @@ class _Link:
             if self._lost is not None:
                 raise ServiceUnavailableError(f"the connection to {self.party!r} is lost ({self._lost}); connect again")
             self._waiting[rid] = slot
-        self.conn.send(header, list(frames))
+        try:
+            self.conn.send(header, list(frames))
+        except ConnectionLost as exc:
+            self.forget(rid)
+            raise ServiceUnavailableError(f"the connection to {self.party!r} is lost ({exc}); connect again") \
+                from exc
         return _Pending(self, rid, slot)
 
     def forget(self, rid: str) -> None:
@@ -107,7 +113,7 @@ class _Pending:
         party = self.link.party
         try:
             if not self.slot[0].wait(max(deadline - time.monotonic(), 0)):
-                raise ServiceUnavailableError(
+                raise PartyStalledError(
                     f"party {party!r} did not answer within the cluster's timeout_s: it is dead, stalled or "
                     "overloaded. Nothing was revealed; retry later."
                 )
@@ -148,7 +154,7 @@ class ServingClient:
             link.ask({"op": "hello", "id": "hello"}).wait(time.monotonic() + self.timeout_s)
         except ServiceUnavailableError as exc:
             link.close()
-            if link.lost is None:
+            if isinstance(exc, PartyStalledError):
                 raise
             raise ServingError(
                 f"party {party!r} refused identity {self.identity!r} ({exc}). The deployment admits only the "

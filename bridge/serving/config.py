@@ -25,6 +25,7 @@ reach the parties' ``listen`` addresses only, never the MPC channels between the
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +87,14 @@ class Service:
         return self.state_dir / party
 
 
+_loading = threading.Lock()
+
+
 def load_service(path: str | Path) -> Service:
     """The service a cluster file describes; a ``ClusterError`` says what is missing."""
     source = Path(path)
-    cluster = load_cluster(source)
+    with _loading:  # one validation at a time (clients of one process connect from many threads)
+        cluster = load_cluster(source)
     if cluster.serving is None:
         raise ClusterError(
             f"{source} has no [serving] table: a service needs at least [serving.listen] with an address "

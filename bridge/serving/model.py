@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from bridge.ir import Numerics, Party, Placement, Program, validate_program, validate_weights
+from bridge.ir import Numerics, Party, Placement, PrivacyMode, Program, validate_program, validate_weights
 from bridge.mpc.fixedpoint import encode
 from bridge.mpc.layers import secure_parameters
 from bridge.mpc.prg import Prg, fresh_seed
@@ -27,7 +27,7 @@ def service_program(program: Program, service: Service) -> Program:
         param_owner=leader,
         output_receivers={name: (leader,) for name in program.graph.outputs},
     )
-    placed = program.model_copy(update={"placement": placement})
+    placed = program.model_copy(update={"placement": placement, "privacy": PrivacyMode.ENCRYPTED_SERVING})
     validate_program(placed)
     return placed
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from bridge.ir import Program
 from bridge.mpc import wire
 from bridge.mpc.backend import SecureBackend
 from bridge.mpc.comm import PeerError
@@ -98,11 +99,14 @@ class ServingNode:
     """``party`` of ``service`` on ``backend``; ``start`` returns once the listener is up."""
 
     def __init__(self, service: Service, party: str, backend: SecureBackend, log: Callable[[str], None] = print,
-                 overflow_bound: float = DEFAULT_SERVING_BOUND) -> None:
+                 overflow_bound: float = DEFAULT_SERVING_BOUND, expected_program: Program | None = None) -> None:
+        """``expected_program``: the architecture this party's operator agreed to serve; a
+        deployment of any other is refused (the weights still come from the model owner)."""
         if party not in service.serving.listen:
             raise ServingError(f"party {party!r} does not serve: [serving.listen] names {list(service.serving.listen)}")
         self.service, self.party, self.backend, self.log = service, party, backend, log
         self.overflow_bound = overflow_bound
+        self.expected = None if expected_program is None else service_program(expected_program, service)
         cluster = service.cluster
         self.timeout_s = cluster.timeout_s
         self.tick_s = max(0.05, min(1.0, self.timeout_s / 4))
@@ -116,7 +120,7 @@ class ServingNode:
         self._ready = False
         self._model_changed = threading.Event()
         self._transport = None
-        self._kernels = backend.make_kernels()
+        self._kernels = None  # made by the MPC thread: importing a framework may take long, the listener need not wait
         self._credentials = party_credentials(service, party)
         self._context = server_context(self._credentials)
         self._listener: socket.socket | None = None
@@ -139,6 +143,10 @@ class ServingNode:
         with self._cond:
             self._cond.notify_all()
         if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread, frees the port
+            except OSError:
+                pass
             try:
                 self._listener.close()
             except OSError:
@@ -280,6 +288,9 @@ class ServingNode:
         program = store.parse_program(program_json)
         if program.model_dump_json() != service_program(program, self.service).model_dump_json():
             raise ValueError("the program's placement is not this service's; deploy with privacy-bridge deploy")
+        if self.expected is not None and self.expected.graph != program.graph:
+            raise ValueError("the deployed model's architecture is not the one this party serves (serve --model); "
+                             "deploy that model, or restart this party with the new one")
         share = None
         if self.role != "dealer":
             names = message.header.get("parameters")
@@ -298,6 +309,8 @@ class ServingNode:
     # -- the MPC side ----------------------------------------------------------------------------------
     def _mpc_loop(self) -> None:
         """Form the cluster, set up from the stored shares, serve steps until a party fails; again."""
+        if self._kernels is None:
+            self._kernels = self.backend.make_kernels()
         while not self._stopping.is_set():
             if self.deployment is None:
                 self._model_changed.wait(0.5)

@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "for federated runs, which finish without a dead client")
     p.add_argument("script", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
     p.set_defaults(fn=_cmd_launch)
+
+    from frontends.cli.serve import add_serving_commands
+
+    add_serving_commands(sub)  # serve, deploy, predict, status, loadtest, admit
     return parser
 
 

@@ -1,0 +1,122 @@
+"""Load figures of the service on this host: ``python -m bridge.serving.bench --backend NAME``.
+
+Starts the three parties (``privacy-bridge serve``, one process each, on loopback),
+deploys ``mlp_infer``'s model (784-128-128-10 ReLU), and runs ``loadtest``: one client
+sending batch-1 requests one after another, then 8 clients at once (dynamic batching
+across them), then the same 8 with ``max_batch = 1`` (no batching).  Prints one row per
+run: throughput, p50/p95/p99 latency, errors, and the servers' mean batch rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bridge.security.keys import keygen
+
+PARTIES = {"server0": "compute", "server1": "compute", "dealer": "dealer"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_service(root: Path, max_batch: int, max_delay_ms: float, timeout_s: float = 60.0) -> Path:
+    keygen(list(PARTIES), root / "keys")
+    keygen(["owner", "load"], root / "clients")
+    lines = [f"timeout_s = {timeout_s}", 'keys = "keys"', ""]
+    for name, role in PARTIES.items():
+        lines += ["[[parties]]", f'name = "{name}"', f'roles = ["{role}"]', f'address = "127.0.0.1:{_port()}"', ""]
+    lines += ["[serving]", 'model_owner = "owner"', f"max_batch = {max_batch}", f"max_delay_ms = {max_delay_ms}",
+              "", "[serving.listen]", *[f'{n} = "127.0.0.1:{_port()}"' for n in PARTIES]]
+    (root / "cluster.toml").write_text("\n".join(lines) + "\n")
+    return root / "cluster.toml"
+
+
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess | subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="torch")
+    return subprocess.Popen([sys.executable, "-m", "frontends.cli", *args], cwd=ROOT, env=env, **kw)
+
+
+def measure(backend: str, max_batch: int, runs: list[tuple[int, int]], max_delay_ms: float = 5.0) -> list[dict]:
+    """Per (clients, requests): the loadtest result, batch 1."""
+    from bridge.bench.workloads import mlp_infer
+    from bridge.serving.client import ServingClient, deploy
+    from bridge.serving.loadtest import run_loadtest
+
+    root = Path(tempfile.mkdtemp(prefix="privacy-bridge-serving-bench-"))
+    cluster = write_service(root, max_batch, max_delay_ms)
+    procs = [_cli("serve", "--cluster", str(cluster), "--name", p, "--backend", backend,
+                  stdout=open(root / f"{p}.log", "w"), stderr=subprocess.STDOUT) for p in PARTIES]
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                workload = mlp_infer()
+                deploy(cluster, workload.program, workload.weights, "owner")
+                break
+            except Exception:  # noqa: BLE001 - the parties are still starting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        with ServingClient(cluster, "owner", parties=tuple(PARTIES)) as c:
+            while not all(c.status(p)["ready"] for p in PARTIES):
+                time.sleep(0.5)
+        out = []
+        for clients, requests in runs:
+            run_loadtest(str(cluster), "load", clients, min(requests, 2 * clients))  # warm up
+            with ServingClient(cluster, "owner") as c:
+                before = c.status("server0")["counts"]
+            r = run_loadtest(str(cluster), "load", clients, requests, 1)
+            with ServingClient(cluster, "owner") as c:
+                s = c.status("server0")
+            batches = s["counts"].get("batches", 0) - before.get("batches", 0)
+            rows = s["counts"].get("rows", 0) - before.get("rows", 0)
+            r.update(backend=backend, max_batch=max_batch, mean_batch_rows=rows / batches if batches else 0.0,
+                     online_p50_s=s["online_s"]["p50"])
+            out.append(r)
+        return out
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", action="append", default=None)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    rows = []
+    for backend in args.backend or ["torch-spdz", "tf-pond"]:
+        rows += measure(backend, 64, [(1, max(args.requests // 4, 10)), (8, args.requests)])
+        rows += measure(backend, 1, [(8, args.requests)])
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    print("backend    | max_batch | clients | requests | errors | req/s  | p50 ms | p95 ms | p99 ms | batch rows")
+    for r in rows:
+        print(f"{r['backend']:10s} | {r['max_batch']:9d} | {r['clients']:7d} | {r['requests']:8d} | {r['errors']:6d} | "
+              f"{r['requests_per_s']:6.2f} | {r['p50_s'] * 1000:6.1f} | {r['p95_s'] * 1000:6.1f} | "
+              f"{r['p99_s'] * 1000:6.1f} | {r['mean_batch_rows']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

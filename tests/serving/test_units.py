@@ -1,0 +1,93 @@
+"""The service's parts without a backend: the cluster file's [serving] table, the stored
+deployment (0600, atomic, no pickle, damage refused), the client's shares, the framing."""
+
+from __future__ import annotations
+
+import stat
+
+import numpy as np
+import pytest
+
+from bridge.cluster import ClusterError
+from bridge.ir import Numerics
+from bridge.serving import store
+from bridge.serving.channel import ConnectionLost, encode_message, read_message
+from bridge.serving.config import load_service
+from bridge.serving.model import service_program, share_input, share_parameters
+from tests.distributed.models import tiny_mlp
+from tests.serving.helpers import make_service
+
+
+def test_service_file_and_its_errors(tmp_path):
+    path = make_service(tmp_path / "ok", clients=["alice"])
+    service = load_service(path)
+    assert service.compute == ("server0", "server1") and service.dealer == "dealer"
+    assert service.state_dir == (tmp_path / "ok" / "state").resolve()
+    text = path.read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace('dealer = "127.0.0.1', 'nobody = "127.0.0.1'))
+    with pytest.raises(ClusterError, match=r"missing \['dealer'\]"):
+        load_service(bad)
+    bad.write_text(text.replace('keys = "keys"', "insecure = true"))
+    with pytest.raises(ClusterError, match="never runs cleartext"):
+        load_service(bad)
+
+
+def test_deployment_store_round_trip_mode_and_damage(tmp_path):
+    service = load_service(make_service(tmp_path / "svc", clients=["alice"]))
+    program, weights = tiny_mlp()
+    placed = service_program(program, service)
+    first, second = share_parameters(placed, weights)
+    # the two shares add up to the fixed-point weights; one alone is not them
+    with np.errstate(over="ignore"):
+        total = first["d0/kernel"] + second["d0/kernel"]
+    assert np.abs(total / 2**16 - weights["d0/kernel"]).max() < 2**-16
+    assert np.abs(first["d0/kernel"]).min() > 2**30  # uniform ring elements, not small encodings
+    deployment = store.Deployment(placed, placed.model_dump_json().encode(), first)
+    where = tmp_path / "state" / "server0"
+    store.save(where, deployment)
+    for name in (store.SHARE_FILE, store.PROGRAM_FILE, store.META_FILE):
+        assert stat.S_IMODE((where / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE(where.stat().st_mode) == 0o700
+    back = store.load(where)
+    assert back is not None and back.digest == deployment.digest
+    assert all(np.array_equal(back.share[n], first[n]) for n in first)
+    assert store.load(tmp_path / "nothing") is None
+    raw = bytearray((where / store.SHARE_FILE).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (where / store.SHARE_FILE).write_bytes(bytes(raw))
+    with pytest.raises(store.StoreError, match="cannot be read"):
+        store.load(where)
+    (where / store.PROGRAM_FILE).write_bytes(b"{}")
+    with pytest.raises(store.StoreError, match="digest"):
+        store.load(where)
+
+
+def test_client_shares_and_input_checks():
+    numerics = Numerics()
+    x = np.array([[0.5, -1.25, 3.0]])
+    a, b = share_input(x, numerics, "x")
+    with np.errstate(over="ignore"):
+        assert np.array_equal((a + b), np.round(x * 2**16).astype(np.int64))
+    a2, _ = share_input(x, numerics, "x")
+    assert not np.array_equal(a, a2)  # fresh randomness per request
+    from bridge.mpc.fixedpoint import FixedPointError
+
+    with pytest.raises(FixedPointError, match="NaN"):
+        share_input(np.array([[np.nan]]), numerics, "x")
+
+
+def test_message_framing_refuses_malformed():
+    import socket
+
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(encode_message({"op": "x", "id": "1"}, [b"abc", b""]))
+        message = read_message(right, 1 << 20)
+        assert message.header == {"op": "x", "id": "1"} and message.frames == [b"abc", b""]
+        left.sendall(b"\x00\x00\x00\x08\x00\x00\xff\xff1234")  # a header longer than the message
+        with pytest.raises(ConnectionLost, match="malformed"):
+            read_message(right, 1 << 20)
+        left.sendall(b"\x7f\xff\xff\xff")
+        with pytest.raises(ConnectionLost, match="at most"):
+            read_message(right, 1 << 20)
