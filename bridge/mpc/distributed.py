@@ -262,9 +262,13 @@ class PeerTransport(Transport):
                 continue
 
     def _stop_heartbeats(self) -> None:
+        """Stop the heartbeat threads and wait for them: a send still blocked in the engine
+        when the interpreter exits can abort the process (gloo's does), and each gives up
+        within ``timeout_s`` (a heartbeat to a stalled peer waits as long as a message)."""
         self._beating.set()
+        deadline = time.monotonic() + self.timeout_s + CONTROL_TIMEOUT_S
         for t in self._beats:
-            t.join(self.heartbeat_s + CONTROL_TIMEOUT_S)
+            t.join(max(deadline - time.monotonic(), 0.0))
 
     def _link_closed(self, peer: str, detail: str) -> str:
         """Why the engine's link to ``peer`` closed without a goodbye: it died, unless it had
