@@ -32,10 +32,13 @@ differs from float64's by its own rounding: m by 2^-16, v by 2^-40 per step.
 A gradient below 2^-16 is zero in fixed point; where Keras would still take a full
 step lr * sign(g) with Adam, this takes none.
 
-Cost per parameter element per step (one compute party): Adam about 0.8 kB and 30
-rounds (13 comparisons inside ``inv_sqrt``), RMSprop about 0.75 kB and 20 rounds;
-SGD nothing but local arithmetic.  Every parameter tensor is updated in one call, so
-the rounds do not grow with the number of tensors.
+Cost per step (measured, ``tests/training/test_optimizers.py``), per parameter element,
+sent by one compute party: Adam 0.92 kB in 27 rounds, RMSprop 0.81 kB in 20 rounds (21
+centred), 13 comparisons inside ``div_sqrt`` being most of it; the dealer sends about
+1.5 kB.  SGD is local arithmetic only.  Every parameter tensor is updated in one call,
+so the rounds do not grow with the number of tensors.  On the digits MLP (4,810
+parameters, batches of 32) an Adam step adds 4.4 MB to the 1.8 MB of forward and
+backward: 2 epochs took 52 s on torch-spdz (2-core host) against about 5 s with SGD.
 """
 
 from __future__ import annotations
