@@ -74,7 +74,7 @@ def measure(backend: str, max_batch: int, runs: list[tuple[int, int]], max_delay
                 time.sleep(0.5)
         out = []
         for clients, requests in runs:
-            run_loadtest(str(cluster), "load", clients, min(requests, 2 * clients))  # warm up
+            run_loadtest(str(cluster), "load", clients, min(requests, 2 * clients), 1)  # warm up
             with ServingClient(cluster, "owner") as c:
                 before = c.status("server0")["counts"]
             r = run_loadtest(str(cluster), "load", clients, requests, 1)

@@ -15,6 +15,7 @@ each frame ``u32 length || bridge.mpc.wire frame`` (raw int64 tensors or bytes).
 from __future__ import annotations
 
 import json
+import select
 import socket
 import ssl
 import struct
@@ -65,22 +66,23 @@ def encode_message(header: dict[str, Any], frames: list[bytes] = ()) -> bytes:  
     return struct.pack(">I", len(body)) + body
 
 
-def _read_exact(sock: socket.socket, n: int) -> bytes:
+def _read_exact(recv, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        chunk = recv(min(n - len(buf), 1 << 20))
         if not chunk:
             raise ConnectionLost("the connection closed")
         buf += chunk
     return bytes(buf)
 
 
-def read_message(sock: socket.socket, max_bytes: int) -> Message:
+def read_message(sock_or_recv, max_bytes: int) -> Message:
     """The next message; ``ConnectionLost`` if the peer left or sent something malformed."""
-    (size,) = struct.unpack(">I", _read_exact(sock, 4))
+    recv = sock_or_recv.recv if isinstance(sock_or_recv, socket.socket) else sock_or_recv
+    (size,) = struct.unpack(">I", _read_exact(recv, 4))
     if size > max_bytes:
         raise ConnectionLost(f"a message of {size} bytes (at most {max_bytes})")
-    body = memoryview(_read_exact(sock, size))
+    body = memoryview(_read_exact(recv, size))
     try:
         (head_len,) = struct.unpack_from(">I", body, 0)
         if head_len > MAX_HEADER_BYTES or 4 + head_len > size:
@@ -100,27 +102,58 @@ def read_message(sock: socket.socket, max_bytes: int) -> Message:
     return Message(header, frames)
 
 
+#: how long a read holds the connection's lock when data is announced but not all there
+POLL_S = 0.05
+#: how long one send may wait for the peer to take the bytes in
+SEND_TIMEOUT_S = 30.0
+
+
 class Connection:
-    """One TLS stream; sends are serialized, reads belong to one thread."""
+    """One TLS stream, read by one thread and written by many.
+
+    OpenSSL does not allow a read and a write on one TLS connection at the same time
+    from two threads, so both happen under one lock; the reader waits for data with
+    ``select`` outside the lock, so that a send never waits for a read to time out.
+    """
 
     def __init__(self, sock: ssl.SSLSocket, peer: str, max_bytes: int) -> None:
         self.sock, self.peer, self.max_bytes = sock, peer, max_bytes
-        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()
         self.closed = False
+        sock.settimeout(POLL_S)
 
     def send(self, header: dict[str, Any], frames: list[bytes] = ()) -> None:  # type: ignore[assignment]
         data = encode_message(header, list(frames))
-        with self._send_lock:
+        with self._lock:
             try:
+                self.sock.settimeout(SEND_TIMEOUT_S)
                 self.sock.sendall(data)
-            except OSError as exc:
+                self.sock.settimeout(POLL_S)
+            except (OSError, ValueError) as exc:
                 self.closed = True
                 raise ConnectionLost(f"could not send to {self.peer!r} ({exc})") from exc
 
+    def _recv(self, n: int) -> bytes:
+        while True:
+            if self.closed:
+                return b""
+            if not self.sock.pending():
+                try:
+                    readable, _, _ = select.select([self.sock], [], [], POLL_S)
+                except (OSError, ValueError):
+                    return b""
+                if not readable:
+                    continue
+            with self._lock:
+                try:
+                    return self.sock.recv(n)
+                except (TimeoutError, ssl.SSLWantReadError):
+                    continue
+
     def read(self) -> Message:
         try:
-            return read_message(self.sock, self.max_bytes)
-        except (OSError, ssl.SSLError) as exc:
+            return read_message(self._recv, self.max_bytes)
+        except (OSError, ssl.SSLError, ValueError) as exc:
             self.closed = True
             raise ConnectionLost(f"the connection to {self.peer!r} closed ({exc})") from exc
         except ConnectionLost:

@@ -123,6 +123,8 @@ class ServingNode:
         self._kernels = None  # made by the MPC thread: importing a framework may take long, the listener need not wait
         self._credentials = party_credentials(service, party)
         self._context = server_context(self._credentials)
+        self._admitted = self._admission_stamp()
+        self._admission_lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
 
@@ -173,10 +175,27 @@ class ServingNode:
                 return
             threading.Thread(target=self._serve_connection, args=(raw, where), daemon=True).start()
 
+    def _admission_stamp(self) -> tuple:
+        folder = self.service.clients_dir
+        if not folder.is_dir():
+            return ()
+        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.crt")))
+
+    def _current_context(self) -> ssl.SSLContext:
+        """The TLS context, rebuilt when the admitted certificates changed (``admit`` needs no restart)."""
+        with self._admission_lock:
+            stamp = self._admission_stamp()
+            if stamp != self._admitted:
+                self._credentials = party_credentials(self.service, self.party)
+                self._context = server_context(self._credentials)
+                self._admitted = stamp
+            return self._context
+
     def _serve_connection(self, raw: socket.socket, where: tuple) -> None:
         raw.settimeout(HANDSHAKE_TIMEOUT_S)
+        context = self._current_context()
         try:
-            tls = self._context.wrap_socket(raw, server_side=True)
+            tls = context.wrap_socket(raw, server_side=True)
             der = tls.getpeercert(binary_form=True)
             name = self._credentials.party_of_certificate(der) if der else None
             if name is None or name in self.service.cluster.names:

@@ -11,12 +11,14 @@ import time
 import numpy as np
 import pytest
 
+from bridge.mpc import wire
 from bridge.registry import get_backend
 from bridge.security.keys import keygen
 from bridge.serving.channel import ServingError
 from bridge.serving.client import deploy
 from bridge.serving.config import load_service
 from bridge.serving.node import ServingNode
+from frontends.cli import main
 from frontends.keras.client import connect
 from tests.distributed.models import tiny_mlp
 from tests.serving.helpers import PARTIES, make_service
@@ -31,7 +33,7 @@ def wait_ready(nodes: dict[str, ServingNode], timeout_s: float = 120.0) -> None:
 
 
 @pytest.mark.parametrize("backend", ["torch-spdz", "tf-pond"])
-def test_service_in_threads(tmp_path, backend):
+def test_service_in_threads(tmp_path, backend, capsys):
     cluster = make_service(tmp_path, clients=CLIENTS, timeout_s=20.0)
     service = load_service(cluster)
     logs: list[str] = []
@@ -61,6 +63,15 @@ def test_service_in_threads(tmp_path, backend):
         counts = nodes["server0"].stats.snapshot()["counts"]
         assert counts["reruns"] >= len(CLIENTS)  # each overflowing request was rerun alone before its refusal
 
+        # a client that sends half a request (to server0 only) and leaves disturbs nobody
+        half = connect(cluster, identity="dave")
+        half._link("server0").ask({"op": "predict", "id": "half", "inputs": ["x"]},
+                                  [wire.encode_frame(np.zeros((1, 6), dtype=np.int64))])
+        half.close()
+        x = np.random.default_rng(4).uniform(-1, 1, size=(2, 6))
+        with connect(cluster, identity="alice") as client:
+            assert np.abs(client.predict(x) - plaintext(weights, x)).max() < ATOL
+
         keygen(["mallory"], tmp_path / "outsider")
         with pytest.raises(ServingError, match="refused identity 'mallory'"):
             connect(cluster, identity=tmp_path / "outsider" / "mallory.key")
@@ -81,6 +92,17 @@ def test_service_in_threads(tmp_path, backend):
         x = np.random.default_rng(5).uniform(-1, 1, size=(4, 6))
         with connect(cluster, identity="carol") as client:
             assert np.abs(client.predict(x) - plaintext(weights, x)).max() < ATOL
+
+        # the command line: admit a new client, predict with it from .npy files, status
+        assert main(["admit", "--cluster", str(cluster), "--name", "erin"]) == 0
+        np.save(tmp_path / "x.npy", x)
+        assert main(["predict", "--cluster", str(cluster), "--identity", "erin", "--input", str(tmp_path / "x.npy"),
+                     "--output", str(tmp_path / "y.npy")]) == 0
+        assert np.abs(np.load(tmp_path / "y.npy") - plaintext(weights, x)).max() < ATOL
+        capsys.readouterr()
+        assert main(["status", "--cluster", str(cluster), "--identity", "erin"]) == 0
+        printed = capsys.readouterr().out
+        assert printed.count(" ready ") == 3 and "latency ms p50=" in printed and "answered=" in printed
     finally:
         for node in nodes.values():
             node.stop()
