@@ -39,7 +39,7 @@ import ssl
 import threading
 import time
 import traceback
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -557,8 +557,7 @@ class ServingNode:
             with self._cond:
                 self._pending.pop(r.key, None)
             try:
-                r.conn.send({"op": "result", "id": r.rid, "outputs": list(graph.outputs), "batch_rows": total},
-                            frames)
+                r.conn.send({"op": "result", "id": r.rid, "outputs": list(graph.outputs)}, frames)
                 self.stats.answered(time.monotonic() - r.arrived)
             except ConnectionLost:
                 self.stats.count("abandoned")
