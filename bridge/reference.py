@@ -143,9 +143,9 @@ def _subtract(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
 
 
 def _multiply(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
-    out = xs[0].copy()
+    out = xs[0]
     for x in xs[1:]:
-        out *= x
+        out = out * x  # broadcasting: a (1, 1, C) gate may come first
     return out
 
 

@@ -7,6 +7,8 @@ and the batch dimension rides along unchanged.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from typing import Callable
 
 from bridge.ir import ops
@@ -187,6 +189,18 @@ def _same_shapes(op, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
     return xs[0]
 
 
+def _broadcast(op, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    """Inputs of one rank whose axes agree or are 1 (a squeeze-and-excitation gate times its image)."""
+    if len(xs) < 2:
+        raise ShapeError(f"{op.kind} needs at least two inputs, received {len(xs)}")
+    if len({len(x) for x in xs}) > 1:
+        raise ShapeError(f"{op.kind} inputs must share one rank, received {xs}")
+    try:
+        return tuple(int(d) for d in np.broadcast_shapes(*xs))
+    except ValueError:
+        raise ShapeError(f"{op.kind} inputs must agree on each axis or be 1 there, received {xs}") from None
+
+
 def _prelu(op: ops.PRelu, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
     alpha = ps["alpha"]
     if len(alpha) != len(xs[0]) or any(a not in (1, d) for a, d in zip(alpha, xs[0])):
@@ -272,7 +286,7 @@ SHAPE_RULES: dict[str, Callable[..., Shape]] = {
     "repeat_vector": _repeat_vector,
     "concat": _concat,
     "subtract": _same_shapes,
-    "multiply": _same_shapes,
+    "multiply": _broadcast,
     "average": _same_shapes,
     "maximum": _same_shapes,
     "minimum": _same_shapes,

@@ -381,9 +381,22 @@ def _concatenate(call: _Call, b: _Builder) -> None:
     b.emit(call.node, op, call.inputs, call.output)
 
 
+def _broadcasts(*shapes: Shape) -> bool:
+    """Shapes of one rank that agree on each axis or are 1 there."""
+    if len({len(s) for s in shapes}) != 1:
+        return False
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        return False
+    return True
+
+
 def _merge(op_class: type) -> Callable[[_Call, _Builder], None]:
     def rule(call: _Call, b: _Builder) -> None:
         shapes = {b.shapes[v] for v in call.inputs}
+        if op_class is irops.Multiply and _broadcasts(*shapes):
+            shapes = {next(iter(shapes))}  # e.g. a squeeze-and-excitation gate (1, 1, C) times its image
         if len(shapes) > 1:
             raise call.refuse(f"inputs of shapes {sorted(shapes)}", f"{call.kind} of tensors of one shape only "
                               "(no broadcasting)")
@@ -728,10 +741,13 @@ def _arithmetic(operation: Any, args: list[Any], output: str, b: _Builder) -> No
     kind = type(operation).__name__
     a, c = args[0], args[1]
     if isinstance(a, _Tensor) and isinstance(c, _Tensor):
+        merge = {"Add": irops.Add, "Subtract": irops.Subtract, "Multiply": irops.Multiply}.get(kind)
+        if merge is irops.Multiply and _broadcasts(b.shapes[a.value], b.shapes[c.value]):
+            b.emit(operation.name, merge(), [a.value, c.value], output)
+            return
         if b.shapes[a.value] != b.shapes[c.value]:
             raise _op_refuse(operation, f"operands of shapes {b.shapes[a.value]} and {b.shapes[c.value]}",
-                             "tensors of one shape (no broadcasting), or a scalar constant")
-        merge = {"Add": irops.Add, "Subtract": irops.Subtract, "Multiply": irops.Multiply}.get(kind)
+                             "tensors of one shape (no broadcasting but in multiply), or a scalar constant")
         if merge is None:
             raise _op_refuse(operation, "a tensor divisor", "division by a constant only")
         b.emit(operation.name, merge(), [a.value, c.value], output)

@@ -157,6 +157,7 @@ def all_cases() -> list[Case]:
         _case("concat", irops.Concat(axis=0), [(2, 3), (4, 3)]),
         _case("subtract", irops.Subtract(), [(6,), (6,)]),
         _case("multiply", irops.Multiply(), [(6,), (6,), (6,)]),
+        _case("multiply_gate", irops.Multiply(), [(1, 1, 3), (2, 3, 3)]),
         _case("average", irops.Average(), [(6,), (6,), (6,)]),
         _case("maximum", irops.Maximum(), [(6,), (6,), (6,)]),
         _case("minimum", irops.Minimum(), [(6,), (6,)]),

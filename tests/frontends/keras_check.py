@@ -123,6 +123,16 @@ def _ops_graph() -> Any:
     return keras.Model([a, b], ops.softmax(h, axis=1))
 
 
+def _se_gate() -> Any:
+    """Squeeze-and-excitation: a (1, 1, C) gate times its image (EfficientNet, MobileNetV3)."""
+    import keras
+
+    x = keras.Input((4, 4, 3), name="x")
+    gate = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    gate = keras.layers.Conv2D(3, 1, activation="hard_sigmoid")(gate)
+    return keras.Model(x, keras.layers.Multiply()([x, gate]))
+
+
 def _normalization() -> Any:
     import keras
 
@@ -265,6 +275,7 @@ CASES: dict[str, Case] = {
     "rescaling": Case(_seq((3, 3, 2), _layer("Rescaling", 1 / 127.5, offset=-1.0)), ((3, 3, 2),), ("rescale",)),
     "normalization": Case(_normalization, ((4,),), ("batch_norm",)),
     "batch_norm_axis1": Case(_seq((4, 3), _layer("BatchNormalization", axis=1)), ((4, 3),), ("batch_norm",)),
+    "multiply_se_gate": Case(_se_gate, ((4, 4, 3),), ("global_avg_pool2d", "conv2d", "hard_sigmoid", "multiply")),
     "concatenate": Case(_concat_two, ((3, 2), (3, 4)), ("concat",)),
     **{
         f"merge_{name.lower()}": Case(_two_inputs(name, (5,), 3 if name != "Subtract" else 2),
