@@ -36,9 +36,10 @@ Cost per step (measured, ``tests/training/test_optimizers.py``), per parameter e
 sent by one compute party: Adam 0.92 kB in 27 rounds, RMSprop 0.81 kB in 20 rounds (21
 centred), 13 comparisons inside ``div_sqrt`` being most of it; the dealer sends about
 1.5 kB.  SGD is local arithmetic only.  Every parameter tensor is updated in one call,
-so the rounds do not grow with the number of tensors.  On the digits MLP (4,810
-parameters, batches of 32) an Adam step adds 4.4 MB to the 1.8 MB of forward and
-backward: 2 epochs took 52 s on torch-spdz (2-core host) against about 5 s with SGD.
+so the rounds do not grow with the number of tensors.  On the digits MLP (64-64-10,
+4,810 parameters, 43 batches of 32 per epoch) 2 epochs of Adam sent 412 MB in 10,492
+rounds per compute party and took 52 s on torch-spdz (2-core host); the optimizer's
+share is 4,810 x 0.92 kB = 4.4 MB of the 4.8 MB per step.
 """
 
 from __future__ import annotations
