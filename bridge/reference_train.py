@@ -88,6 +88,9 @@ def loss_head(program: Program) -> LossHead:
                 "support (its batch statistics would need a secure square root per step). Remove it, "
                 "or train in the clear and use encrypted serving."
             )
+        why = irops.training_refusal(node.op)
+        if why:
+            raise TrainingRefused(f"layer {node.name!r} ({node.op.kind}) cannot be trained encrypted: {why}")
     output = next(iter(graph.outputs))
     width = graph.outputs[output].feature_shape
     if len(width) != 1:
