@@ -320,9 +320,8 @@ class GlooTransport(PeerTransport):
                 try:
                     self._group.recv([body], rank, TAG).wait(IDLE_WAIT)
                 except Exception as exc:  # noqa: BLE001
-                    self._peer_gone(
-                        peer, f"party {peer!r}'s connection closed in the middle of a message ({_first_line(exc)})"
-                    )
+                    # as for the header: a pair dropped by a send that waited timeout_s is a stall
+                    self._peer_gone(peer, self._link_closed(peer, _first_line(exc)))
                     break
                 payload = body.numpy().tobytes()
             if channel is not None:

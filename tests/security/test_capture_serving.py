@@ -64,6 +64,8 @@ def _recover(streams: list[bytes], encoded: np.ndarray) -> int:
                 need = (int(target[0]) - first) % (1 << 64)
                 for b, table in enumerate(tables):
                     for offset, _ in table.get(need, ()):
+                        if offset + 8 * n > len(streams[b]):
+                            continue  # too close to the stream's end to hold the whole input
                         other = np.frombuffer(streams[b][offset:offset + 8 * n], dtype="<u8")
                         if other.size == n and np.array_equal(words[i:i + n] + other, target):
                             found += 1
