@@ -174,7 +174,7 @@ class SecureExecutable(Executable):
         while True:
             results = self.parties.run(lambda ctx: self._serve(ctx, arrays, batch))
             flagged = next((r[1] for r in results.values() if r[0] == "overflow"), None)
-            if flagged is None or not self._placement_sees_flags():
+            if flagged is None:
                 break
             if self.reruns >= self.max_reruns:
                 self.last_stats = self.parties.stats.since(before)
@@ -190,7 +190,8 @@ class SecureExecutable(Executable):
                     break
         return RunResult(outputs, self.last_stats, self.reruns)
 
-    def _placement_sees_flags(self) -> bool:
+    def _checks_range(self) -> bool:
+        """Whether queries run the range check (on, and the model has something to check)."""
         return self.check_overflow and bool(self.check_plan.entries)
 
     def _serve(self, ctx: PartyContext, arrays: Mapping[str, np.ndarray], batch: int) -> tuple[str, Any]:
@@ -204,7 +205,7 @@ class SecureExecutable(Executable):
         if ctx.in_protocol:
             computed, _ = secure_forward(ctx, self.program, self._params[ctx.name], values)  # type: ignore[arg-type]
             values.update(computed)
-        if self._placement_sees_flags():
+        if self._checks_range():
             plan = self.check_plan
             flags = None
             if ctx.in_protocol:
