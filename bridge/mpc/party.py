@@ -14,13 +14,20 @@ of that run's streams, and the next run starts every party at the same place.  A
 costs nothing: each compute party expands r_i from its seed and the dealer
 expands both.  A *derived* value v = f(r, ...) costs one tensor, dealer -> party 1:
 party 0 expands v0 from its seed and the dealer sends v1 = v - v0.
+
+The offline phase (``bridge.mpc.offline``) makes this material before the query: a
+region of a run may draw from a *material slot*'s streams instead of the run's
+(``use_streams``), and a compute party may take its seed-derived tensors, drawn ahead
+in the order the run asks for them, from a ``MaterialCursor`` (``_material``) instead
+of drawing them on the spot.  Either way the values are the same CSPRNG output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,6 +38,17 @@ from bridge.mpc.prg import Prg, fresh_seed
 
 #: ``open`` mode for XOR-shared int64 words (64 bit-sliced bits each)
 XOR_WORDS = 0
+
+#: kinds of correlated-randomness requests, as a run's trace records them
+RANDOM, RANDOM_BITS, DERIVED, DERIVED_BITS = "random", "random_bits", "derived", "derived_bits"
+#: one request: (kind, shape, packed)
+Request = tuple[str, tuple[int, ...], bool]
+
+
+class MaterialSource(Protocol):
+    """Precomputed seed-derived tensors of one run, taken in order (``bridge.mpc.offline``)."""
+
+    def take(self, request: Request) -> Tensor | None: ...
 
 
 @dataclass
@@ -47,6 +65,10 @@ class PartyContext:
     _seeds: dict[str, bytes] = field(default_factory=dict)
     #: how many protocol runs this party has begun; every party counts every run
     run_index: int = 0
+    #: precomputed material this region of a run takes its tensors from (None: draw now)
+    _material: MaterialSource | None = None
+    #: where the requests of a run are written down, if anywhere (the offline phase's trace)
+    _trace: list[Request] | None = None
 
     # -- identity ---------------------------------------------------------------------
     @property
@@ -79,7 +101,22 @@ class PartyContext:
         parties a run leaves out, so that all parties agree on the run index.
         """
         self.run_index += 1
-        self._prgs = {party: Prg(seed, self.run_index) for party, seed in self._seeds.items()}
+        self._prgs = self.streams(self.run_index)
+
+    def streams(self, stream: int) -> dict[str, Prg]:
+        """This party's view of stream ``stream`` of every seed it holds."""
+        return {party: Prg(seed, stream) for party, seed in self._seeds.items()}
+
+    @contextmanager
+    def use_streams(self, prgs: dict[str, Prg], material: MaterialSource | None = None) -> Iterator[None]:
+        """Draw from ``prgs`` (a material slot's streams) and take precomputed tensors from
+        ``material`` inside the block; the run's own streams afterwards."""
+        saved, saved_material = self._prgs, self._material
+        self._prgs, self._material = prgs, material
+        try:
+            yield
+        finally:
+            self._prgs, self._material = saved, saved_material
 
     def setup_seeds(self) -> None:
         """Dealer sends each compute party a fresh seed; others do nothing."""
@@ -97,13 +134,35 @@ class PartyContext:
     def _stream(self, party: str) -> Prg:
         return self._prgs[party if self.is_dealer else self.dealer]
 
+    def draw_own(self, request: Request) -> Tensor | None:
+        """A compute party's seed-derived part of ``request`` (None: P1's share of a derived
+        value, which the dealer sends).  The offline phase calls it ahead of the run."""
+        kind, shape, packed = request
+        if kind in (DERIVED, DERIVED_BITS) and self.index == 1:
+            return None
+        stream = self._stream(self.name)
+        if kind in (RANDOM, DERIVED) or packed:
+            return self.kernels.from_numpy(stream.ring(shape))
+        return self.kernels.from_numpy(stream.bits(shape))
+
+    def _own(self, request: Request) -> Tensor | None:
+        """``draw_own`` now, or the precomputed tensor for it (checked to be for this request)."""
+        if self._trace is not None:
+            self._trace.append(request)
+        if self._material is not None:
+            return self._material.take(request)
+        return self.draw_own(request)
+
     def corr_random(self, shape: tuple[int, ...]) -> Tensor:
         """Random r in Z_2^64: compute party i gets r_i, the dealer gets r."""
         k = self.kernels
+        shape = tuple(shape)
         if self.is_dealer:
+            if self._trace is not None:
+                self._trace.append((RANDOM, shape, False))
             return k.add(k.from_numpy(self._stream(self.compute[0]).ring(shape)),
                          k.from_numpy(self._stream(self.compute[1]).ring(shape)))
-        return k.from_numpy(self._stream(self.name).ring(shape))
+        return self._own((RANDOM, shape, False))  # type: ignore[return-value]
 
     def corr_random_bits(self, shape: tuple[int, ...], packed: bool = False) -> Tensor:
         """Random bits b = b0 xor b1: compute party i gets b_i, the dealer gets b.
@@ -111,41 +170,49 @@ class PartyContext:
         ``packed``: int64 words holding 64 random bits each (bit-sliced tensors).
         """
         k = self.kernels
+        shape = tuple(shape)
 
         def draw(party: str) -> Tensor:
             stream = self._stream(party)
             return k.from_numpy(stream.ring(shape) if packed else stream.bits(shape))
 
         if self.is_dealer:
+            if self._trace is not None:
+                self._trace.append((RANDOM_BITS, shape, packed))
             return k.bit_xor(draw(self.compute[0]), draw(self.compute[1]))
-        return draw(self.name)
+        return self._own((RANDOM_BITS, shape, packed))  # type: ignore[return-value]
 
     def corr_derived(self, plain: Callable[[], Tensor], shape: tuple[int, ...]) -> Tensor:
         """Arithmetic shares of a value only the dealer can compute (e.g. c = a*b)."""
         k = self.kernels
+        shape = tuple(shape)
         if self.is_dealer:
+            if self._trace is not None:
+                self._trace.append((DERIVED, shape, False))
             value = plain()
             share0 = k.from_numpy(self._stream(self.compute[0]).ring(shape))
             self.messenger.send(self.compute[1], k.to_numpy(k.sub(value, share0)))
             return value
-        if self.index == 0:
-            return k.from_numpy(self._stream(self.name).ring(shape))
+        mine = self._own((DERIVED, shape, False))
+        if mine is not None:
+            return mine
         return k.from_numpy(self.messenger.recv(self.dealer))
 
     def corr_derived_bits(self, plain: Callable[[], Tensor], shape: tuple[int, ...], packed: bool = False) -> Tensor:
         """XOR shares of dealer-computed bits (0/1 values, or 64 per word if ``packed``)."""
         k = self.kernels
-
-        def draw0() -> Tensor:
-            stream = self._stream(self.compute[0] if self.is_dealer else self.name)
-            return k.from_numpy(stream.ring(shape) if packed else stream.bits(shape))
-
+        shape = tuple(shape)
         if self.is_dealer:
+            if self._trace is not None:
+                self._trace.append((DERIVED_BITS, shape, packed))
             value = plain()
-            self.messenger.send(self.compute[1], k.to_numpy(k.bit_xor(value, draw0())), bits=64 if packed else 1)
+            stream = self._stream(self.compute[0])
+            share0 = k.from_numpy(stream.ring(shape) if packed else stream.bits(shape))
+            self.messenger.send(self.compute[1], k.to_numpy(k.bit_xor(value, share0)), bits=64 if packed else 1)
             return value
-        if self.index == 0:
-            return draw0()
+        mine = self._own((DERIVED_BITS, shape, packed))
+        if mine is not None:
+            return mine
         return k.from_numpy(self.messenger.recv(self.dealer))
 
     # -- opening between the compute parties --------------------------------------------

@@ -17,10 +17,17 @@ correct.  A flagged query is rerun once with fresh randomness (a truncation fail
 probability about |v| / 2^63 per truncated value, does not repeat) and counted in
 ``reruns``; flagged again, it is refused with ``FixedPointOverflowError`` naming the
 layer (the input drives the model out of range).  Every party learns the flag bits.
+
+The offline phase (``bridge.mpc.offline``): the forward pass and the range check of a
+query draw their correlated randomness from a material slot (the n-th query of its
+batch size), which the parties can make before the query: ``precompute(batch, runs)``
+makes it now, ``keep_pool(depth)`` keeps it made in the background.  A query whose
+slot was not made draws the same material inline; ``material`` counts both.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
@@ -33,6 +40,7 @@ from bridge.mpc.comm import CommStats
 from bridge.mpc.fixedpoint import encode
 from bridge.mpc.kernels import RingKernels
 from bridge.mpc.layers import masked_parameter_names, secure_forward, secure_parameter_specs, secure_parameters
+from bridge.mpc.offline import PartyOffline, SlotCounter, SlotKey, placeholder_params
 from bridge.mpc.party import PartyContext
 from bridge.mpc.protocol import Masked, Shared, mask_operand, reveal_to, share_input
 from bridge.mpc.range_check import (
@@ -150,6 +158,55 @@ class SecureExecutable(Executable):
         self._params = self.parties.run(lambda ctx: setup_party(ctx, program, prepared if ctx.name == owner else None))
         self.setup_stats: CommStats = self.parties.stats.since(before)
         self.last_stats: CommStats | None = None
+        self._slots = SlotCounter()
+        #: the offline phase of each party hosted here that runs the protocol
+        self.offline: dict[str, PartyOffline] = {
+            name: self._party_offline(ctx) for name, ctx in self.parties.contexts.items() if ctx.in_protocol
+        }
+        #: per local party: whether the last query's material was precomputed (False: drawn inline)
+        self.last_material: dict[str, bool] = {}
+
+    # -- the offline phase -------------------------------------------------------------------------
+    def _party_offline(self, ctx: PartyContext) -> PartyOffline:
+        params = self._params[ctx.name]
+        placeholders: dict[str, Any] = {}
+
+        def dry(c: PartyContext, inputs: Mapping[str, Shared]) -> Any:
+            if not placeholders:
+                placeholders.update(placeholder_params(ctx.kernels, params))
+            return self._protocol(c, placeholders, inputs)
+
+        specs = self.program.graph.inputs
+        return PartyOffline(ctx, lambda c, inputs: self._protocol(c, params, inputs), dry,
+                            lambda rows: {n: (rows, *s.feature_shape) for n, s in specs.items()})
+
+    def precompute(self, batch: int, runs: int = 1) -> float:
+        """Make the material of the next ``runs`` queries of ``batch`` rows now, in every
+        party hosted here (every process calls it alike); returns the seconds it took."""
+        if batch < 1 or runs < 0:
+            raise ValueError(f"precompute takes a batch of 1 row or more and 0 runs or more; received {batch}, {runs}")
+        start = time.perf_counter()
+        for offline in self.offline.values():
+            offline.pool.want(batch, runs)
+            offline.pool.fill()
+        return time.perf_counter() - start
+
+    def keep_pool(self, depth: int = 2, capacity: int = 8) -> None:
+        """Keep ``depth`` queries' material made ahead for every batch size queried (at most
+        ``capacity`` in all), in a background thread per party hosted here."""
+        for offline in self.offline.values():
+            offline.pool.capacity = int(capacity)
+            offline.pool.auto_depth = int(depth)
+            offline.pool.start()
+
+    @property
+    def material(self) -> dict[str, dict[str, Any]]:
+        """Per local party: its pool's level and counts (precomputed, waited, inline, ...)."""
+        return {name: offline.pool.snapshot() for name, offline in self.offline.items()}
+
+    def close(self) -> None:
+        for offline in self.offline.values():
+            offline.pool.stop()
 
     @cached_property
     def check_plan(self) -> CheckPlan:
@@ -172,7 +229,8 @@ class SecureExecutable(Executable):
         before = self.parties.stats.snapshot()
         self.reruns = 0
         while True:
-            results = self.parties.run(lambda ctx: self._serve(ctx, arrays, batch))
+            key = self._slots.next(batch)  # fixed before the run: a failed one leaves the counts in step
+            results = self.parties.run(lambda ctx: self._serve(ctx, arrays, batch, key))  # noqa: B023
             flagged = next((r[1] for r in results.values() if r[0] == "overflow"), None)
             if flagged is None:
                 break
@@ -194,7 +252,21 @@ class SecureExecutable(Executable):
         """Whether queries run the range check (on, and the model has something to check)."""
         return self.check_overflow and bool(self.check_plan.entries)
 
-    def _serve(self, ctx: PartyContext, arrays: Mapping[str, np.ndarray], batch: int) -> tuple[str, Any]:
+    def _protocol(self, ctx: PartyContext, params: Mapping[str, Any], inputs: Mapping[str, Shared]) -> Any:
+        """The part of a query that draws the dealer's material: the forward pass and the
+        range check's comparisons.  (values, flags) in a compute party; None in the dealer."""
+        computed, _ = secure_forward(ctx, self.program, params, inputs)  # type: ignore[arg-type]
+        flags = None
+        if self._checks_range():
+            plan = self.check_plan
+            checked = [computed[e.value] for e in plan.entries]
+            rectified = [computed[e.rectified] if e.rectified is not None else None for e in plan.entries]
+            nonnegative = [e.nonnegative for e in plan.entries]
+            flags = overflow_flags(ctx, checked, self.overflow_bound, rectified,  # type: ignore[arg-type]
+                                   group=SERVING_GROUP, nonnegative=nonnegative)
+        return None if ctx.is_dealer else (computed, flags)
+
+    def _serve(self, ctx: PartyContext, arrays: Mapping[str, np.ndarray], batch: int, key: SlotKey) -> tuple[str, Any]:
         """One attempt at the query, in one party: ("overflow", layers) or ("outputs", {name: value})."""
         graph, placement = self.program.graph, self.program.placement
         values: dict[str, Shared | None] = {}
@@ -202,18 +274,16 @@ class SecureExecutable(Executable):
             owner = placement.input_owners[name]
             mine = arrays[name] if ctx.name == owner else None
             values[name] = share_input(ctx, owner, mine, (batch, *spec.feature_shape), name)
+        flags = None
         if ctx.in_protocol:
-            computed, _ = secure_forward(ctx, self.program, self._params[ctx.name], values)  # type: ignore[arg-type]
-            values.update(computed)
+            inputs = {name: values[name] for name in graph.inputs}
+            out, outcome = self.offline[ctx.name].run(key, inputs)  # type: ignore[arg-type]
+            self.last_material[ctx.name] = outcome.precomputed
+            if out is not None:
+                computed, flags = out
+                values.update(computed)
         if self._checks_range():
             plan = self.check_plan
-            flags = None
-            if ctx.in_protocol:
-                checked = [values[e.value] for e in plan.entries]
-                rectified = [values[e.rectified] if e.rectified is not None else None for e in plan.entries]
-                nonnegative = [e.nonnegative for e in plan.entries]
-                flags = overflow_flags(ctx, checked, self.overflow_bound, rectified,  # type: ignore[arg-type]
-                                       group=SERVING_GROUP, nonnegative=nonnegative)
             # every party learns the flags, so that all of them rerun or stop together
             seen = reveal_to(ctx, flags, placement.names, "overflow")
             assert seen is not None
