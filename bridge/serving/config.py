@@ -14,6 +14,8 @@
     max_batch = 64                     # rows stacked into one secure run, across clients
     max_delay_ms = 5.0                 # how long the first request of a batch waits for others
     max_request_rows = 1024            # the most rows one request may carry
+    offline_depth = 2                  # queries' material each party keeps made ahead per batch size (0: none)
+    offline_capacity = 16              # the most queries' material a party holds in all (the pool's bound)
     [serving.listen]                   # where each party serves clients (TLS 1.3, mutual auth)
     server0 = "127.0.0.1:7300"
     server1 = "127.0.0.1:7301"
@@ -47,6 +49,8 @@ class ServingConfig(BaseModel):
     max_batch: int = Field(default=64, ge=1, le=1 << 16)
     max_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
     max_request_rows: int = Field(default=1024, ge=1, le=1 << 20)
+    offline_depth: int = Field(default=2, ge=0, le=64)
+    offline_capacity: int = Field(default=16, ge=0, le=4096)
 
     @field_validator("listen")
     @classmethod

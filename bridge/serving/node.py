@@ -51,10 +51,11 @@ from bridge.mpc import wire
 from bridge.mpc.backend import SecureBackend
 from bridge.mpc.comm import PeerError
 from bridge.mpc.distributed import DistributedParty
-from bridge.mpc.layers import masked_parameter_names, secure_forward, secure_parameter_specs
+from bridge.mpc.offline import PartyOffline, SlotCounter
+from bridge.mpc.layers import masked_parameter_names, secure_parameter_specs
 from bridge.mpc.party import PartyContext
 from bridge.mpc.protocol import Shared, mask_operand, reveal_to
-from bridge.mpc.range_check import DEFAULT_SERVING_BOUND, SERVING_GROUP, overflow_flags, serving_check_plan
+from bridge.mpc.range_check import DEFAULT_SERVING_BOUND, serving_check_plan
 from bridge.serving import store
 from bridge.serving.channel import (
     HANDSHAKE_TIMEOUT_S,
@@ -67,6 +68,7 @@ from bridge.serving.channel import (
 )
 from bridge.serving.config import Service
 from bridge.serving.model import service_program
+from bridge.serving.offline import party_offline
 from bridge.serving.stats import ServiceStats
 
 CONTROL_LABEL = "serving/control"
@@ -127,6 +129,9 @@ class ServingNode:
         self._admission_lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
+        #: this formation's offline phase (pool of precomputed material) and slot counts
+        self._offline: PartyOffline | None = None
+        self._slots = SlotCounter()
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -232,7 +237,8 @@ class ServingNode:
             elif op == "status":
                 conn.send({"op": "status", "id": rid, "party": self.party, "role": self.role,
                            "ready": self._ready, "model": self.deployment.digest if self.deployment else None,
-                           "pending": len(self._pending), **self.stats.snapshot()})
+                           "pending": len(self._pending), **self.stats.snapshot(),
+                           "pool": self._pool_snapshot()})
             elif op == "predict":
                 self._accept_request(conn, message)
             elif op == "deploy":
@@ -241,6 +247,11 @@ class ServingNode:
                 raise ValueError(f"unknown operation {op!r}; expected hello, status, predict or deploy")
         except (ValueError, ServingError, store.StoreError, wire.WireError) as exc:
             self._reply_error(conn, rid, exc)
+
+    def _pool_snapshot(self) -> dict[str, Any] | None:
+        """The offline pool of this formation: its level, capacity and counts (None: not formed)."""
+        offline = self._offline
+        return offline.pool.snapshot() if offline is not None else None
 
     def _hello(self) -> dict[str, Any]:
         d = self.deployment
@@ -350,6 +361,9 @@ class ServingNode:
                 t0 = time.perf_counter()
                 params = runner.run(self._setup)[self.party]
                 self.stats.set("setup_s", time.perf_counter() - t0)
+                self._slots = SlotCounter()  # fresh seeds: the slots of this formation start again
+                self._offline = party_offline(runner.contexts[self.party], program, params, self.overflow_bound,
+                                              self.service.serving)
                 self._ready = True
                 self.log(f"{self.party}: ready (cluster formed, model {self.deployment.digest[:12]} set up)")
                 step = {"leader": self._lead, "follower": self._follow, "dealer": self._deal}[self.role]
@@ -368,6 +382,9 @@ class ServingNode:
             finally:
                 self._ready = False
                 self._transport = None
+                if self._offline is not None:
+                    self._offline.pool.stop()  # made from this formation's seeds: never used again
+                    self._offline = None
                 try:
                     transport.close()
                 except Exception:  # noqa: BLE001, S110 - it failed already
@@ -525,20 +542,21 @@ class ServingNode:
                 values[name] = Shared(k.from_numpy(np.concatenate([r.shares[name] for r in chosen], axis=0)))
             else:
                 values[name] = Shared(k.zeros(shape))
-        computed, _ = secure_forward(ctx, program, params, values)
-        values.update(computed)
+        assert self._offline is not None
+        key = self._slots.next(total)  # every party counts every batch it computes, in the runs' order
+        out, outcome = self._offline.run(key, values)
+        flags = None
+        if out is not None:
+            computed, flags = out
+            values.update(computed)
         plan = serving_check_plan(program)
         flagged: list[str] = []
         if plan.entries:
-            checked = [values[e.value] for e in plan.entries]
-            rectified = [values[e.rectified] if e.rectified is not None else None for e in plan.entries]
-            flags = overflow_flags(ctx, checked, self.overflow_bound, rectified, group=SERVING_GROUP,
-                                   nonnegative=[e.nonnegative for e in plan.entries])
             seen = reveal_to(ctx, flags, (*ctx.compute, ctx.dealer), "overflow")
             assert seen is not None
             flagged = [layer for layer, f in zip(plan.layers, seen, strict=True) if f > 0]
         online = time.perf_counter() - t0
-        self.stats.batch(total, online, flagged=bool(flagged))
+        self.stats.batch(total, online, flagged=bool(flagged), precomputed=outcome.precomputed)
         if not ctx.is_compute:
             return
         if flagged:

@@ -2,8 +2,11 @@
 
 Latencies are kept for the last ``WINDOW`` answers: ``latency`` is a request's time
 from its arrival at this party to its answer (queueing, batching and the secure run),
-``online`` one secure run (the forward pass and the range check, all online: the
-dealer's messages are made inside the run).
+``online`` one secure run (the forward pass and the range check), split by where its
+correlated randomness came from: ``online_precomputed_s`` from the offline pool (the
+dealer only sends what it made before), ``online_inline_s`` drawn during the run (the
+pool had none for that batch size yet).  The offline work itself is the pool's
+``offline_s`` (``bridge.serving.offline``), reported beside these by ``status``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class ServiceStats:
         self._values: dict[str, float] = {}
         self._latency: deque[float] = deque(maxlen=WINDOW)
         self._online: deque[float] = deque(maxlen=WINDOW)
+        self._online_split: dict[bool, deque[float]] = {True: deque(maxlen=WINDOW), False: deque(maxlen=WINDOW)}
         self._batch_rows: deque[int] = deque(maxlen=WINDOW)
         self.started = time.time()
 
@@ -44,9 +48,11 @@ class ServiceStats:
         with self._lock:
             self._values[name] = value
 
-    def batch(self, rows: int, online_s: float, flagged: bool) -> None:
+    def batch(self, rows: int, online_s: float, flagged: bool, precomputed: bool = False) -> None:
         with self._lock:
             self._counts["batches"] += 1
+            self._counts["precomputed_batches" if precomputed else "inline_batches"] += 1
+            self._online_split[precomputed].append(online_s)
             self._counts["rows"] += rows
             self._counts["flagged_batches"] += int(flagged)
             self._online.append(online_s)
@@ -66,5 +72,7 @@ class ServiceStats:
                 "values": dict(self._values),
                 "latency_s": percentiles(list(self._latency)),
                 "online_s": percentiles(list(self._online)),
+                "online_precomputed_s": percentiles(list(self._online_split[True])),
+                "online_inline_s": percentiles(list(self._online_split[False])),
                 "mean_batch_rows": float(np.mean(rows)) if rows else None,
             }

@@ -118,7 +118,16 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"refused_connections={c.get('refused_connections', 0)}")
         print(f"{'':10s} latency ms p50={_ms(lat['p50'])} p95={_ms(lat['p95'])} p99={_ms(lat['p99'])}; "
               f"online ms p50={_ms(onl['p50'])} p95={_ms(onl['p95'])} p99={_ms(onl['p99'])}; "
-              f"offline pool: none (the dealer's messages are made inside each online run)")
+              f"online precomputed ms p50={_ms(s['online_precomputed_s']['p50'])}, "
+              f"inline ms p50={_ms(s['online_inline_s']['p50'])}")
+        pool = s.get("pool")
+        if pool is None:
+            print(f"{'':10s} offline pool: not formed yet")
+        else:
+            level = ", ".join(f"batch {b}: {n}" for b, n in pool["by_batch"].items()) or "empty"
+            print(f"{'':10s} offline pool: {pool['ready']}/{pool['capacity']} queries made ahead ({level}); "
+                  f"precomputed={pool['precomputed'] + pool['waited']} inline={pool['inline']} made={pool['made']} "
+                  f"offline {pool['offline_s']:.3f} s{'; error: ' + pool['error'] if pool['error'] else ''}")
     return 0 if healthy else 1
 
 
