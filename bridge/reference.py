@@ -18,6 +18,7 @@ import numpy as np
 from bridge.im2col import extract_patches, im2col_plan
 from bridge.ir import Node, Program, validate_program, validate_weights
 from bridge.ir import ops as irops
+from bridge.reference_attention import RULES as ATTENTION_RULES
 
 Arrays = dict[str, np.ndarray]
 ForwardRule = Callable[[Node, list[np.ndarray], Arrays], np.ndarray]
@@ -311,6 +312,7 @@ REFERENCE_FORWARD: dict[str, ForwardRule] = {
     "hard_silu": _hard_silu,
     "softplus": _softplus,
     "softsign": _softsign,
+    **ATTENTION_RULES,
 }
 
 

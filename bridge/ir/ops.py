@@ -445,6 +445,106 @@ class Identity(_Op):
     kind: Literal["identity"] = "identity"
 
 
+class LayerNorm(_Op):
+    """Keras LayerNormalization: (x - mean) / sqrt(var + epsilon) over ``axes`` (feature axes,
+    ascending), times gamma plus beta; gamma and beta have the sizes of those axes (the
+    importer gives center=False / scale=False layers zero beta / unit gamma)."""
+
+    kind: Literal["layer_norm"] = "layer_norm"
+    axes: tuple[int, ...] = (-1,)
+    epsilon: float = Field(default=1e-3, gt=0.0)
+
+    @property
+    def param_roles(self) -> tuple[str, ...]:
+        return ("gamma", "beta")
+
+
+class LayerScale(_Op):
+    """x * gamma, gamma learned per channel of the last axis (ConvNeXt's LayerScale)."""
+
+    kind: Literal["layer_scale"] = "layer_scale"
+
+    @property
+    def param_roles(self) -> tuple[str, ...]:
+        return ("gamma",)
+
+
+class MultiHeadAttention(_Op):
+    """Keras MultiHeadAttention on (batch, steps, features) inputs (query, value[, key]):
+    per head h, softmax(q_h k_h^T / sqrt(key_dim) [+ causal mask]) v_h, then the output
+    projection.  Kernels and biases have Keras' EinsumDense shapes."""
+
+    kind: Literal["multi_head_attention"] = "multi_head_attention"
+    num_heads: int = Field(gt=0)
+    key_dim: int = Field(gt=0)
+    value_dim: int = Field(gt=0)
+    use_bias: bool = True
+    causal: bool = False
+
+    @property
+    def arity(self) -> int | None:
+        return None
+
+    @property
+    def param_roles(self) -> tuple[str, ...]:
+        parts = ("query", "key", "value", "output")
+        roles = tuple(f"{p}_kernel" for p in parts)
+        return roles + tuple(f"{p}_bias" for p in parts) if self.use_bias else roles
+
+
+class MatMul(_Op):
+    """keras.ops.matmul of two secret tensors (batch, ..., M, K) @ (batch, ..., K, N)."""
+
+    kind: Literal["matmul"] = "matmul"
+
+    @property
+    def arity(self) -> int | None:
+        return 2
+
+
+class ReduceSum(_Op):
+    """keras.ops.sum over feature ``axes`` (None: every feature axis)."""
+
+    kind: Literal["reduce_sum"] = "reduce_sum"
+    axes: tuple[int, ...] | None = None
+    keepdims: bool = False
+
+
+class ReduceMean(_Op):
+    """keras.ops.mean over feature ``axes`` (None: every feature axis)."""
+
+    kind: Literal["reduce_mean"] = "reduce_mean"
+    axes: tuple[int, ...] | None = None
+    keepdims: bool = False
+
+
+class Exp(_Op):
+    """Keras' 'exponential' activation, e^x, for x <= EXP_CEIL (see bridge.mpc.normalization)."""
+
+    kind: Literal["exp"] = "exp"
+
+
+class Conv2DTranspose(_Op):
+    """Keras Conv2DTranspose: kernel (kh, kw, filters, C); the adjoint of a Conv2D with these
+    strides and padding (output_padding None, dilation 1)."""
+
+    kind: Literal["conv2d_transpose"] = "conv2d_transpose"
+    filters: int = Field(gt=0)
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: Literal["valid", "same"] = "valid"
+    use_bias: bool = True
+
+    @field_validator("kernel_size", "strides", mode="before")
+    @classmethod
+    def _as_pair(cls, v):  # noqa: N805
+        return _pair(v)
+
+    @property
+    def param_roles(self) -> tuple[str, ...]:
+        return ("kernel", "bias") if self.use_bias else ("kernel",)
+
+
 Op = Annotated[
     Union[
         Dense,
@@ -491,6 +591,14 @@ Op = Annotated[
         HardSilu,
         Softplus,
         Softsign,
+        LayerNorm,
+        LayerScale,
+        MultiHeadAttention,
+        MatMul,
+        ReduceSum,
+        ReduceMean,
+        Exp,
+        Conv2DTranspose,
     ],
     Field(discriminator="kind"),
 ]

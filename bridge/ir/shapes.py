@@ -35,15 +35,14 @@ def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
 
 
 def _dense(op: ops.Dense, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    """Keras Dense: the kernel applies to the last axis of an input of any rank."""
     (x,) = xs
     kernel = ps["kernel"]
-    if len(x) != 1:
-        raise ShapeError(f"dense expects a rank-2 input (batch, features), received (batch, {x})")
-    if kernel != (x[0], op.units):
-        raise ShapeError(f"dense kernel must be {(x[0], op.units)}, received {kernel}")
+    if kernel != (x[-1], op.units):
+        raise ShapeError(f"dense kernel must be {(x[-1], op.units)}, received {kernel}")
     if op.use_bias and ps["bias"] != (op.units,):
         raise ShapeError(f"dense bias must be {(op.units,)}, received {ps['bias']}")
-    return (op.units,)
+    return (*x[:-1], op.units)
 
 
 def _spatial(x: Shape, what: str) -> tuple[int, int, int]:
@@ -300,6 +299,11 @@ SHAPE_RULES: dict[str, Callable[..., Shape]] = {
     "softplus": _elementwise,
     "softsign": _elementwise,
 }
+
+# LayerNorm, MultiHeadAttention, matmul, reductions, exp, Conv2DTranspose (imports this module's helpers)
+from bridge.ir.shapes_attention import RULES as _ATTENTION_RULES  # noqa: E402
+
+SHAPE_RULES.update(_ATTENTION_RULES)
 
 
 def infer_shape(op, input_shapes: list[Shape], param_shapes: dict[str, Shape]) -> Shape:

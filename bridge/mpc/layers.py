@@ -17,7 +17,7 @@ import numpy as np
 from bridge.im2col import Im2ColPlan, im2col_plan
 from bridge.ir import Node, Program
 from bridge.ir import ops as irops
-from bridge.mpc import activations, functions
+from bridge.mpc import activations, attention, conv_transpose, functions, normalization
 from bridge.mpc.compare import ge_zero, mul_bit
 from bridge.mpc.kernels import RingKernels, Tensor
 from bridge.mpc.party import PartyContext
@@ -66,6 +66,9 @@ MASKED_ROLES: dict[str, tuple[str, ...]] = {
     "depthwise_conv2d": ("kernel",),
     "depthwise_conv1d": ("kernel",),
     "prelu": ("alpha",),
+    **normalization.MASKED_ROLES,
+    **attention.MASKED_ROLES,
+    **conv_transpose.MASKED_ROLES,
 }
 
 
@@ -112,9 +115,15 @@ def _dense(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
     ctx = env.ctx
     from bridge.mpc.protocol import matmul
 
-    y = matmul(ctx, xs[0], env.param(node, "kernel"))
+    x, k = xs[0], ctx.kernels
+    shape = k.shape(x.share)
+    if len(shape) > 2:  # Keras Dense on (batch, ..., features): the last axis, every position alike
+        x = Shared(k.reshape(x.share, (-1, shape[-1])))
+    y = matmul(ctx, x, env.param(node, "kernel"))
     if node.op.use_bias:
         y = add(ctx, y, _value(env.param(node, "bias")))
+    if len(shape) > 2:
+        y = Shared(k.reshape(y.share, (*shape[:-1], -1)))
     return y, None
 
 
@@ -555,6 +564,9 @@ SECURE_FORWARD: dict[str, ForwardRule] = {
     "hard_silu": _unary(activations.hard_silu),
     "softplus": _unary(activations.softplus),
     "softsign": _unary(activations.softsign),
+    **normalization.RULES,
+    **attention.RULES,
+    **conv_transpose.RULES,
 }
 
 

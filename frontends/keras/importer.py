@@ -100,6 +100,8 @@ class _Call:
     inputs: list[str]
     output: str
     node: str
+    #: the call's keyword arguments that hold no tensor (e.g. use_causal_mask=True)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -190,7 +192,6 @@ def _no_lora(call: _Call) -> None:
 
 def _dense(call: _Call, b: _Builder) -> None:
     _no_lora(call)
-    _input_shape(call, b, 1, "Dense on rank-2 inputs (batch, features) only; add a Flatten before it")
     op = irops.Dense(units=call.config["units"], use_bias=call.config["use_bias"])
     _emit_with_activation(call, b, op, _params(call, b, op.param_roles))
 
@@ -585,7 +586,7 @@ def _check_layer(layer: Any) -> None:
     import keras
 
     kind = type(layer).__name__
-    stock = getattr(keras.layers, kind, None)
+    stock = getattr(keras.layers, kind, None) or import_attention.application_layer(kind)
     if kind == "Lambda" and type(layer) is stock:
         raise UnsupportedLayerError(
             layer.name, kind, None, "no Lambda layers: its Python function has no inspectable graph; replace it "
@@ -694,9 +695,10 @@ def _options(layer: Any) -> dict[str, Any]:
     return options
 
 
-def _apply(layer: Any, inputs: list[str], output: str, node: str, b: _Builder) -> None:
+def _apply(layer: Any, inputs: list[str], output: str, node: str, b: _Builder,
+           kwargs: dict[str, Any] | None = None) -> None:
     _check_layer(layer)
-    call = _Call(layer, _options(layer), inputs, output, node)
+    call = _Call(layer, _options(layer), inputs, output, node, dict(kwargs or {}))
     LAYER_RULES[call.kind](call, b)
 
 
@@ -948,7 +950,9 @@ def _functional(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[st
         for index, node in enumerate(calls):
             kwargs = node.arguments.kwargs
             if _refs(kwargs, own):
-                raise UnsupportedLayerError(name, kind, "a tensor passed by keyword", "tensors passed positionally only")
+                keys = [key for key, value in kwargs.items() if _refs(value, own)]
+                raise UnsupportedLayerError(name, kind, f"a tensor passed by keyword ({', '.join(keys)})",
+                                            "tensors passed positionally only (masks are not supported)")
             if kwargs.get("training"):
                 raise UnsupportedLayerError(name, kind, "training=True in its call", "inference-mode calls only")
             pending.append((operation, index, _refs(node.arguments.args, own), node))
@@ -967,7 +971,7 @@ def _functional(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[st
             value = layer.name if index == 0 else f"{layer.name}/call{index}"
             inputs = [values[(n, c)] for n, c, _ in reads]
             if isinstance(layer, keras.layers.Layer):
-                _apply(layer, inputs, value, value, b)
+                _apply(layer, inputs, value, value, b, node.arguments.kwargs)
             else:
                 _apply_operation(layer, _operation_args(node.arguments.args, iter(inputs)), value, b)
             values[(layer.name, index)] = value
@@ -978,6 +982,16 @@ def _functional(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[st
     inputs = {name: specs[name] for name, _, _ in _refs(model.input, own)}
     outputs = [values[(n, c)] for n, c, _ in _refs(model.output, own)]
     return inputs, outputs
+
+
+# LayerNormalization, MultiHeadAttention, Conv2DTranspose, ConvNeXt's layers, keras.ops sum/mean/matmul/exp
+from frontends.keras import import_attention  # noqa: E402 (it imports this module)
+
+LAYER_RULES.update(import_attention.LAYER_RULES)
+LAYER_OPTIONS.update(import_attention.LAYER_OPTIONS)
+OPERATION_RULES.update(import_attention.OPERATION_RULES)
+ACTIVATIONS.update(import_attention.ACTIVATIONS)
+SUPPORTED_ACTIVATIONS = f"activation in {['linear', *ACTIVATIONS]}"
 
 
 def to_ir(

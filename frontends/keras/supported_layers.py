@@ -66,6 +66,11 @@ LAYER_OPS: dict[str, tuple[str, ...]] = {
     "Maximum": ("maximum",),
     "Minimum": ("minimum",),
     "Concatenate": ("concat",),
+    "LayerNormalization": ("layer_norm",),
+    "MultiHeadAttention": ("multi_head_attention",),
+    "Conv2DTranspose": ("conv2d_transpose",),
+    "LayerScale": ("layer_scale",),
+    "StochasticDepth": ("identity",),
 }
 
 #: kinds whose backward rule refuses for a reason other than SERVING_ONLY
@@ -80,6 +85,13 @@ _NOTES: dict[str, str] = {
     "Multiply": "secret x secret (Beaver); a (1, 1, C) gate broadcasts",
     "AveragePooling2D": "uneven 'same' refused under KERAS_BACKEND=torch (edge replication)",
     "UpSampling2D": "interpolation='nearest'",
+    "LayerNormalization": "any feature axes; secure 1/sqrt of the row variance (bridge.mpc.normalization)",
+    "MultiHeadAttention": "self/cross attention, output_shape of one dim; call option use_causal_mask=True; "
+                          "attention_mask and Keras masks refused; dropout ignored at inference",
+    "Conv2DTranspose": "output_padding=None, dilation_rate=1",
+    "LayerScale": "keras.applications.convnext's LayerScale",
+    "StochasticDepth": "keras.applications.convnext's StochasticDepth (identity at inference)",
+    "Dense": "on the last axis of inputs of any rank (rank 2 only in training)",
 }
 
 

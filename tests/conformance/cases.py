@@ -13,6 +13,7 @@ import numpy as np
 from bridge.ir import Graph, Node, ParamSpec, Placement, PrivacyMode, Program, TensorSpec
 from bridge.ir import ops as irops
 from bridge.ir.validate import validate_graph
+from tests.conformance import cases_attention
 
 #: max |backend - reference| per op kind, from each protocol's documented error
 #: (fixed-point rounding 2^-16 per product, approximations in bridge.mpc.functions)
@@ -45,6 +46,8 @@ TOLERANCE: dict[str, float] = {
     "elu": 3e-3, "softplus": 3e-3, "silu": 2e-2, "gelu": 2e-2, "softsign": 1e-3,
     "hard_sigmoid": 1e-4, "hard_silu": 1e-3,
 }
+
+TOLERANCE.update(cases_attention.TOLERANCE)
 
 
 @dataclass(frozen=True)
@@ -177,4 +180,5 @@ def all_cases() -> list[Case]:
         _case("hard_silu", irops.HardSilu(), [(12,)], scale=3.0),
         _case("softplus", irops.Softplus(), [(12,)], scale=3.0),
         _case("softsign", irops.Softsign(), [(12,)], scale=4.0),
+        *cases_attention.cases(),
     ]

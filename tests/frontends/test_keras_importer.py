@@ -238,9 +238,9 @@ REFUSALS = {
         lambda: _seq((3,), keras.layers.Normalization(mean=0.0, variance=1.0, invert=True, name="norm")),
         "Normalization layer 'norm' has invert=True; privacy-bridge supports invert=False only",
     ),
-    "dense_exponential": (
-        lambda: _seq((4,), keras.layers.Dense(2, activation="exponential", name="d")),
-        "Dense layer 'd' has activation='exponential'; privacy-bridge supports activation in ['linear', 'relu', ",
+    "dense_mish": (
+        lambda: _seq((4,), keras.layers.Dense(2, activation="mish", name="d")),
+        "Dense layer 'd' has activation='mish'; privacy-bridge supports activation in ['linear', 'relu', ",
     ),
     "dense_user_function_named_relu": (
         lambda: _seq((4,), keras.layers.Dense(2, activation=_user_relu(), name="d")),
@@ -250,9 +250,13 @@ REFUSALS = {
         lambda: _seq((4,), keras.layers.Activation("log_softmax", name="act")),
         "Activation layer 'act' has activation='log_softmax'",
     ),
-    "dense_on_rank3": (
-        lambda: _seq((4, 3), keras.layers.Dense(2, name="d")),
-        "Dense layer 'd' has an input of shape (None, 4, 3); privacy-bridge supports Dense on rank-2 inputs",
+    "conv2d_transpose_output_padding": (
+        lambda: _seq((4, 4, 2), keras.layers.Conv2DTranspose(2, 3, strides=2, output_padding=1, name="ct")),
+        "Conv2DTranspose layer 'ct' has output_padding=(1, 1); privacy-bridge supports output_padding=None only",
+    ),
+    "layer_norm_rms_scaling": (
+        lambda: _seq((4, 3), keras.layers.LayerNormalization(rms_scaling=True, name="ln")),
+        "LayerNormalization layer 'ln' has rms_scaling=True; privacy-bridge supports rms_scaling=False",
     ),
     "softmax_batch_axis": (
         lambda: _seq((4, 2), keras.layers.Softmax(axis=0, name="s")),
