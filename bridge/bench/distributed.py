@@ -12,6 +12,10 @@ twice, each time in fresh processes with one compute thread each
   start;
 * embedded: every party in threads of one process, the same placement.
 
+``wall_s`` is a query with the dealer's work inline; ``online_s`` the same query after
+every party made its material (``SecureExecutable.precompute``, each process alone, no
+message), whose slowest party's time is ``offline_s``.
+
 ``training_rows(backends)`` does the same for ``mlp_train`` (``bridge.bench.training``):
 one epoch, end to end from a common start after the parties have connected (party
 setup, sharing the weights and the data, the epoch), in three processes and embedded.
@@ -118,6 +122,9 @@ def measure(
         "processes": len(placement.names),
         "threads_per_process": 1,
         "wall_s": float(np.min(walls)),
+        "online_s": float(np.min([max(records[p]["online_walls"][i] for p in placement.names)
+                                  for i in range(repeats)])),
+        "offline_s": float(np.min([max(records[p]["offline"][i] for p in placement.names) for i in range(repeats)])),
         "setup_s": max(records[p]["setup_s"] for p in placement.names),
         "bytes_per_party": max(_total(last[p], EXCLUDE) for p in compute),
         "rounds": max(_total(last[p], EXCLUDE, index=1) for p in compute),
@@ -189,6 +196,9 @@ def measure_training(
         "processes": len(placement.names),
         "threads_per_process": 1,
         "wall_s": max(records[p]["walls"][0] for p in placement.names),
+        # training draws its dealer material inline (no offline phase for training yet): all online
+        "online_s": max(records[p]["walls"][0] for p in placement.names),
+        "offline_s": None,
         "bytes_per_party": max(_total(last[p], EXCLUDE) for p in compute),
         "rounds": max(_total(last[p], EXCLUDE, index=1) for p in compute),
         "dealer_bytes": _total(last[dealer], ()) if dealer else 0,
@@ -282,8 +292,19 @@ def _party_main(root: Path, backend_name: str, repeats: int) -> None:
         start = time.perf_counter()
         stats = executable.run(mine).stats
         walls.append(time.perf_counter() - start)
-    record = {"walls": walls, "setup_s": setup_s, "stats": _labels(stats, party),
-              "setup": _labels(executable.setup_stats, party)}
+    batch = next(iter(inputs.values())).shape[0]
+    executable.precompute(batch, 1)  # warm-up of the precomputed path
+    _barrier(transport, placement.names)
+    executable.run(mine)
+    online, offline = [], []
+    for _ in range(repeats):
+        offline.append(executable.precompute(batch, 1))
+        _barrier(transport, placement.names)
+        start = time.perf_counter()
+        executable.run(mine)
+        online.append(time.perf_counter() - start)
+    record = {"walls": walls, "online_walls": online, "offline": offline, "setup_s": setup_s,
+              "stats": _labels(stats, party), "setup": _labels(executable.setup_stats, party)}
     (root / f"{party}.json").write_text(json.dumps(record))
 
 

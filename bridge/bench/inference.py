@@ -2,7 +2,9 @@
 
 Bytes are what one compute party sends during a run, the input owner's sharing and the
 model's one-time sharing excluded, counted as CrypTen counts them; the dealer's traffic
-has its own column.  Figures are printed, never asserted.
+has its own column.  ``wall_s`` is a query with the dealer's work inline; ``online_s``
+the same query with its material made before (``SecureExecutable.precompute``), whose
+time is ``offline_s`` (``bridge.bench.offline``).  Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bridge.bench.offline import split_times
 from bridge.bench.plaintext import inference_seconds
 from bridge.bench.workloads import Workload
 
@@ -32,6 +35,7 @@ def run_inference(workload: Workload, backend_name: str, repeats: int = 5) -> di
         result = executable.run(inputs)
         times.append(time.perf_counter() - start)
         stats = result.stats
+    split = split_times(executable, inputs, workload.batch, repeats)
     executable.close()
     wall = float(np.min(times))
     compute = workload.program.placement.compute_parties
@@ -41,6 +45,8 @@ def run_inference(workload: Workload, backend_name: str, repeats: int = 5) -> di
         "workload": workload.name,
         "backend": backend_name,
         "wall_s": wall,
+        "online_s": float(np.min(split["online"])),
+        "offline_s": float(np.min(split["offline"])),
         "plaintext_torch_s": plain,
         "ratio": wall / plain,
         "bytes_per_party": max(stats.total_bytes(p, EXCLUDE) for p in compute),

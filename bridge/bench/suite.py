@@ -53,6 +53,11 @@ def run_all(
 
         table("Serving a stream of batches (weights masked once)",
               [run_batches(mlp_infer(), b, batches=3 if quick else 10) for b in names])
+    if "offline" in chosen:
+        from bridge.bench.offline import offline_rows
+
+        table("Offline phase: mlp_infer online (material made before) vs inline (dealer's work in the run)",
+              offline_rows(names, quick=quick))
     if "distributed" in chosen:
         from bridge.bench.distributed import distributed_rows, training_rows
         from bridge.bench.workloads import cnn_infer

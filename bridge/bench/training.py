@@ -44,6 +44,9 @@ def mlp_train(backend_name: str, quick: bool = False, check_overflow: bool = Tru
         "workload": "mlp_train" + ("" if check_overflow else " (no overflow check)") + (" (quick)" if quick else ""),
         "backend": backend_name,
         "wall_s": wall,
+        # training draws its dealer material inline (no offline phase for training yet): all online
+        "online_s": wall,
+        "offline_s": None,
         "plaintext_torch_s": plain,
         "ratio": wall / plain,
         "bytes_per_party": max(stats.total_bytes(p, EXCLUDE) + setup.total_bytes(p, EXCLUDE) for p in compute),

@@ -173,4 +173,4 @@ def random_data(rows: int, seed: int = 0, sizes: tuple[int, ...] = SIZES) -> tup
 
 
 #: every workload name ``privacy-bridge bench --workload`` takes, in the order it runs them
-ALL_WORKLOADS = ("mlp_infer", "cnn_infer", "mlp_infer_stream", "distributed", "mlp_train", "federated")
+ALL_WORKLOADS = ("mlp_infer", "cnn_infer", "mlp_infer_stream", "offline", "distributed", "mlp_train", "federated")

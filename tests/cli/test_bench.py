@@ -15,6 +15,7 @@ def test_bench_json_is_one_object_per_row_on_stdout(capsys):
     assert row["table"].startswith("Inference") and row["workload"] == "mlp_infer" and row["backend"] == "torch-spdz"
     assert isinstance(row["bytes_per_party"], int) and isinstance(row["rounds"], int) and row["rounds"] > 0
     assert row["ratio"] == row["wall_s"] / row["plaintext_torch_s"]
+    assert row["online_s"] > 0 and row["offline_s"] > 0  # the query with its material made before, and that making
     assert "mlp_infer | torch-spdz" in captured.err  # the text table, for a person watching
 
 

@@ -33,6 +33,7 @@ def test_measure_reports_process_figures_and_counts_equal_to_embedded():
     program = program.model_copy(update={"placement": Placement.default(["x"], ["y"])})
     row = measure(TinyWorkload("tiny", program, weights), "torch-spdz", repeats=2)
     assert row["processes"] == 3 and row["threads_per_process"] == 1
+    assert row["online_s"] > 0 and row["offline_s"] > 0
     assert row["counts_match"] is True
     assert row["wall_s"] > 0 and row["embedded_wall_s"] > 0
     # the row's figures are one run's, as embedded: a compute party's traffic, sharing excluded

@@ -171,3 +171,14 @@ def test_background_pool_refills(served):
         np.testing.assert_allclose(out, run_reference(program, weights, _x(seed))["y"], atol=ATOL)
     wait_full()
     assert all(m["precomputed"] + m["waited"] == 2 and m["inline"] == 1 for m in executable.material.values())
+
+
+def test_bench_splits_online_and_offline(served):
+    from bridge.bench.offline import split_times
+
+    _, _, executable = served
+    t = split_times(executable, _x(5), ROWS, repeats=2)
+    assert len(t["inline"]) == len(t["online"]) == len(t["offline"]) == 2
+    assert min(t["offline"]) > 0 and t["max_abs_diff"] < ATOL
+    # two warm-ups and two timed queries of each kind: half of them precomputed, half inline
+    assert all((m["precomputed"] + m["waited"], m["inline"]) == (3, 3) for m in executable.material.values())
