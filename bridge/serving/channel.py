@@ -44,6 +44,10 @@ class ServiceUnavailableError(ServingError):
     """A party of the service is down, stalled, or lost a peer while serving."""
 
 
+class OperatorOnlyError(ServingError, PermissionError):
+    """An admitted client asked for what only the deployment's operators may read (the counters)."""
+
+
 class ConnectionLost(ServingError):
     """The connection to a party closed or sent something that is not a message."""
 
@@ -247,6 +251,10 @@ def open_connection(service: Service, credentials: PartyCredentials, party: str,
             raise ssl.SSLError(f"the server at {host}:{port} does not hold the certificate pinned for {party!r}")
     except (ssl.SSLError, OSError) as exc:
         raw.close()
+        if isinstance(exc, TimeoutError):  # the port is open, nobody answers: a stalled process
+            raise ServiceUnavailableError(
+                f"party {party!r} at {host}:{port} accepted the connection but did not finish the TLS handshake "
+                f"within {timeout_s:g} s: it is stalled or overloaded. Retry later.") from exc
         raise ServingError(f"the TLS handshake with {party!r} at {host}:{port} failed: {exc}") from exc
     sock.settimeout(None)
     return Connection(sock, party, service.cluster.max_message_bytes)

@@ -29,6 +29,7 @@ from bridge.serving.channel import (
     Connection,
     ConnectionLost,
     Message,
+    OperatorOnlyError,
     ServiceUnavailableError,
     ServingError,
     client_credentials,
@@ -48,6 +49,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "FixedPointError": FixedPointError,
     "FixedPointOverflowError": FixedPointOverflowError,
     "ServiceUnavailableError": ServiceUnavailableError,
+    "OperatorOnlyError": OperatorOnlyError,
 }
 
 
@@ -125,8 +127,36 @@ class _Pending:
             self.link.forget(self.rid)
         if message.header.get("op") == "error":
             kind = str(message.header.get("kind"))
-            raise _ERRORS.get(kind, ServingError)(f"{party}: {message.header.get('message')}")
+            text = str(message.header.get("message"))
+            raise _ERRORS.get(kind, ServingError)(text if text.startswith(f"{party}:") else f"{party}: {text}")
         return message
+
+
+def _wait_all(pending: list[_Pending], deadline: float, timeout_s: float) -> list[Message]:
+    """Every party's reply. An error from one party is raised as soon as it comes (it names
+    what failed, often a stalled peer), not after waiting for the other; at the deadline the
+    error names every party that has not answered."""
+    try:
+        while True:
+            waiting = [p for p in pending if not p.slot[0].is_set()]
+            for p in pending:
+                if p.slot[0].is_set() and (p.slot[1] is None or p.slot[1].header.get("op") == "error"):
+                    p.wait(deadline)  # raises that party's error
+            if not waiting:
+                return [p.wait(deadline) for p in pending]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                names = " and ".join(repr(p.link.party) for p in waiting)
+                raise PartyStalledError(
+                    f"{'party' if len(waiting) == 1 else 'parties'} {names} did not answer within the cluster's "
+                    f"timeout_s ({timeout_s:g} s): a party is dead, stalled or overloaded (a compute server waiting "
+                    "for a stalled peer does not answer either; the operator's `privacy-bridge status` names the "
+                    "one that is down). Nothing was revealed; retry later."
+                )
+            waiting[0].slot[0].wait(min(left, 0.05))
+    finally:
+        for p in pending:
+            p.link.forget(p.rid)
 
 
 class ServingClient:
@@ -234,8 +264,7 @@ class ServingClient:
         rid = os.urandom(12).hex()
         header = {"op": "predict", "id": rid, "inputs": list(arrays)}
         pending = [self._link(p).ask(header, shares[p]) for p in self.service.compute]
-        deadline = time.monotonic() + self.timeout_s
-        replies = [p.wait(deadline) for p in pending]
+        replies = _wait_all(pending, time.monotonic() + self.timeout_s, self.timeout_s)
         outputs = {}
         names = replies[0].header.get("outputs")
         if not isinstance(names, list) or names != replies[1].header.get("outputs"):

@@ -10,6 +10,7 @@
     [serving]
     clients = "clients"                # admitted identities: clients/<name>.crt (made by `privacy-bridge admit`)
     model_owner = "owner"              # the identity allowed to deploy a model
+    operators = ["ops"]                # identities that may read the counters (status); default: the model owner
     state = "state"                    # each party keeps its share in state/<party>/ (mode 0700 / 0600)
     max_batch = 64                     # rows stacked into one secure run, across clients
     max_delay_ms = 5.0                 # how long the first request of a batch waits for others
@@ -27,6 +28,7 @@ reach the parties' ``listen`` addresses only, never the MPC channels between the
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,8 @@ class ServingConfig(BaseModel):
     listen: dict[str, str]
     clients: str = "clients"
     model_owner: str = Field(default="owner", pattern=NAME_PATTERN)
+    #: who may read the counters (other clients' traffic and timing); None: the model owner alone
+    operators: tuple[str, ...] | None = None
     state: str = "state"
     max_batch: int = Field(default=64, ge=1, le=1 << 16)
     max_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
@@ -83,6 +87,12 @@ class Service:
     def leader(self) -> str:
         """The compute party that forms the batches (the first in the file)."""
         return self.compute[0]
+
+    @property
+    def operators(self) -> frozenset[str]:
+        """The identities ``status`` answers (its counters show every client's traffic and timing)."""
+        names = self.serving.operators
+        return frozenset((self.serving.model_owner,) if names is None else names)
 
     def listen_address(self, party: str) -> tuple[str, int]:
         return split_address(self.serving.listen[party])
@@ -130,6 +140,10 @@ def load_service(path: str | Path) -> Service:
     if serving.model_owner in cluster.names:
         raise ClusterError(f"[serving] model_owner {serving.model_owner!r} is a party of the cluster; name an "
                            "identity made by `privacy-bridge admit` instead")
+    bad = [n for n in serving.operators or () if n in cluster.names or not re.fullmatch(NAME_PATTERN, n)]
+    if bad:
+        raise ClusterError(f"[serving] operators of {source} names {bad}: an operator is an identity made by "
+                           "`privacy-bridge admit` (letters, digits, _ and -), not a party of the cluster")
     base = source.resolve().parent
     return Service(cluster=cluster, serving=serving, path=source.resolve(),
                    clients_dir=(base / serving.clients).resolve(), state_dir=(base / serving.state).resolve())

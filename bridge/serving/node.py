@@ -62,6 +62,7 @@ from bridge.serving.channel import (
     Connection,
     ConnectionLost,
     Message,
+    OperatorOnlyError,
     ServingError,
     party_credentials,
     server_context,
@@ -222,9 +223,11 @@ class ServingNode:
             conn.close()
 
     def _reply_error(self, conn: Connection, rid: Any, exc: BaseException | str, kind: str | None = None) -> None:
+        kind = kind or type(exc).__name__
         self.stats.count("errors")
+        self.stats.count(f"errors:{kind}")  # by kind, for the operator: refused inputs, overflows, lost parties
         try:
-            conn.send({"op": "error", "id": rid, "kind": kind or type(exc).__name__, "message": str(exc)})
+            conn.send({"op": "error", "id": rid, "kind": kind, "message": str(exc)})
         except ConnectionLost:
             pass
 
@@ -235,6 +238,12 @@ class ServingNode:
             if op == "hello":
                 conn.send({**self._hello(), "id": rid})
             elif op == "status":
+                if conn.peer not in self.service.operators:
+                    raise OperatorOnlyError(
+                        f"{self.party}: identity {conn.peer!r} may predict but not read the operator counters (they "
+                        "show every client's traffic and timing). Use an operator's identity, or list this one in "
+                        f"[serving] operators of {self.service.path.name} and restart the parties; health without "
+                        "counters: `hello` (ServingClient.hello)")
                 conn.send({"op": "status", "id": rid, "party": self.party, "role": self.role,
                            "ready": self._ready, "model": self.deployment.digest if self.deployment else None,
                            "pending": len(self._pending), **self.stats.snapshot(),

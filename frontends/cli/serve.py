@@ -85,6 +85,7 @@ def _ms(value: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from bridge.serving.channel import OperatorOnlyError
     from bridge.serving.client import ServingClient
     from bridge.serving.config import load_service
 
@@ -96,6 +97,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             with ServingClient(service, _identity(args, service), parties=(party,), timeout_s=args.timeout) as c:
                 s = c.status(party)
+        except OperatorOnlyError:
+            raise  # not a party down: this identity may not read the counters (the error says who may)
         except Exception as exc:  # noqa: BLE001 - one party down is a status line, not a crash
             healthy = False
             rows.append({"party": party, "ready": False, "error": str(exc).splitlines()[0]})
@@ -112,7 +115,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         c, lat, onl = s["counts"], s["latency_s"], s["online_s"]
         print(f"{s['party']:10s} {'ready' if s['ready'] else 'NOT READY'}  role={s['role']}  "
               f"model={(s['model'] or '-')[:12]}  up={s['uptime_s']:.0f}s  pending={s['pending']}")
-        print(f"{'':10s} requests={c.get('requests', 0)} answered={c.get('answered', 0)} errors={c.get('errors', 0)} "
+        kinds = ", ".join(f"{k.split(':', 1)[1]} {n}" for k, n in sorted(c.items()) if k.startswith("errors:"))
+        print(f"{'':10s} requests={c.get('requests', 0)} answered={c.get('answered', 0)} errors={c.get('errors', 0)}"
+              f"{f' ({kinds})' if kinds else ''} "
               f"reruns={c.get('reruns', 0)} batches={c.get('batches', 0)} mean_batch_rows="
               f"{s['mean_batch_rows'] or 0:.2f} cluster_failures={c.get('cluster_failures', 0)} "
               f"refused_connections={c.get('refused_connections', 0)}")

@@ -1,13 +1,30 @@
-"""A service on loopback for the tests: cluster file, keys, admitted identities."""
+"""A service on loopback for the tests: the cluster file, keys and admitted identities;
+the parties in their own processes (``Parties``) or in threads (``wait_nodes_ready``);
+the client session every service test runs (good, bad, good, each good answer checked)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pytest
+
+from bridge.mpc.fixedpoint import FixedPointError
+from bridge.mpc.range_check import FixedPointOverflowError
 from bridge.security.keys import keygen
 
+ROOT = Path(__file__).resolve().parents[2]
 PARTIES = {"server0": "compute", "server1": "compute", "dealer": "dealer"}
+CLIENTS = ["alice", "bob", "carol", "dave"]
+#: fixed point with 16 fractional bits, three layers: answers within a few 1e-4
+ATOL = 2e-3
 
 
 def free_port() -> int:
@@ -16,10 +33,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_service(root: Path, clients: list[str] = ("alice", "bob", "carol", "dave"), timeout_s: float = 5.0,
-                 max_batch: int = 64, max_delay_ms: float = 5.0) -> Path:
+def make_service(root: Path, clients: list[str] = tuple(CLIENTS), timeout_s: float = 5.0,
+                 max_batch: int = 64, max_delay_ms: float = 5.0, operators: list[str] | None = None) -> Path:
     """Write root/cluster.toml (keys in root/keys, admitted identities in root/clients,
-    the model owner "owner" among them); returns the file's path."""
+    the model owner "owner" among them); returns the file's path. ``operators``: the
+    [serving] operators list (absent: the service's default)."""
     root.mkdir(parents=True, exist_ok=True)
     keygen(list(PARTIES), root / "keys")
     keygen(["owner", *clients], root / "clients")
@@ -27,21 +45,72 @@ def make_service(root: Path, clients: list[str] = ("alice", "bob", "carol", "dav
     for name, role in PARTIES.items():
         lines += ["[[parties]]", f'name = "{name}"', f'roles = ["{role}"]', f'address = "127.0.0.1:{free_port()}"', ""]
     lines += ["[serving]", 'clients = "clients"', 'model_owner = "owner"', 'state = "state"',
-              f"max_batch = {max_batch}", f"max_delay_ms = {max_delay_ms}", "", "[serving.listen]"]
+              f"max_batch = {max_batch}", f"max_delay_ms = {max_delay_ms}"]
+    if operators is not None:
+        lines.append("operators = [" + ", ".join(f'"{o}"' for o in operators) + "]")
+    lines += ["", "[serving.listen]"]
     lines += [f'{name} = "127.0.0.1:{free_port()}"' for name in PARTIES]
     path = root / "cluster.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+# -- what every client checks ------------------------------------------------------------------
+def plaintext(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """tiny_mlp's answer in float64 (tests.distributed.models)."""
+    h = np.maximum(x @ weights["d0/kernel"] + weights["d0/bias"], 0)
+    return h @ weights["d1/kernel"] + weights["d1/bias"]
 
-ROOT = Path(__file__).resolve().parents[2]
+
+def client_session(cluster: Path, name: str, weights: dict[str, np.ndarray], seed: int, results: dict) -> None:
+    """good, NaN, wrong shape, overflowing, good: the errors are the library's; the good
+    answers' largest deviations from ``plaintext`` go to ``results[name]`` (an exception instead if any)."""
+    from frontends.keras.client import connect
+
+    rng = np.random.default_rng(seed)
+    out = []
+    try:
+        with connect(cluster, identity=name) as client:
+            x = rng.uniform(-1, 1, size=(1 + seed % 3, 6))
+            out.append(("good", np.abs(client.predict(x) - plaintext(weights, x)).max()))
+            bad = x.copy()
+            bad[0, 2] = np.nan
+            with pytest.raises(FixedPointError, match="NaN"):
+                client.predict(bad)
+            with pytest.raises(ValueError, match=r"shape \(batch, 6\)"):
+                client.predict(np.zeros((2, 5)))
+            with pytest.raises(FixedPointOverflowError, match="layer"):
+                client.predict(np.full((1, 6), 1e9))
+            x2 = rng.uniform(-1, 1, size=(2, 6))
+            out.append(("good", np.abs(client.predict(x2) - plaintext(weights, x2)).max()))
+        results[name] = out
+    except BaseException as exc:  # noqa: BLE001 - the test reads it
+        results[name] = exc
 
 
+def check_sessions(results: dict, clients: list[str], context: Any = "") -> None:
+    """Every client finished its session, with both good answers right."""
+    for name in clients:
+        got = results.get(name)
+        assert got is not None and not isinstance(got, BaseException), f"{name}: {got!r}\n{context}"
+        assert [kind for kind, _ in got] == ["good", "good"], got
+        assert max(err for _, err in got) < ATOL, (name, got)
+
+
+#: requests each client_session sends to each compute server (good, overflowing, good: the
+#: NaN and the wrong shape are refused at the client) and how many of them end in an error
+SESSION_REQUESTS, SESSION_ERRORS = 3, 1
+
+
+# -- the parties in threads of this process -----------------------------------------------------
+def wait_nodes_ready(nodes: dict, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(n.ready for n in nodes.values()):
+        assert time.monotonic() < deadline, {p: n.ready for p, n in nodes.items()}
+        time.sleep(0.1)
+
+
+# -- the parties in their own processes -----------------------------------------------------------
 def serve_env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="torch",
                PYTHONFAULTHANDLER="1")
@@ -72,14 +141,23 @@ class Parties:
         proc.kill()
         proc.wait(10)
 
+    def pause(self, party: str) -> None:
+        """SIGSTOP: the process stays, its sockets stay open, nothing answers (a stalled server)."""
+        self.procs[party].send_signal(signal.SIGSTOP)
+
+    def resume(self, party: str) -> None:
+        self.procs[party].send_signal(signal.SIGCONT)
+
     def stop_all(self) -> None:
         for proc in self.procs.values():
+            proc.send_signal(signal.SIGCONT)  # a paused process would not see SIGTERM
             proc.terminate()
         for proc in self.procs.values():
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(10)
         self.procs.clear()
 
     def logs(self) -> str:
@@ -96,32 +174,33 @@ class Parties:
             for party in PARTIES:
                 try:
                     with ServingClient(self.cluster, "owner", parties=(party,), timeout_s=5) as c:
-                        states[party] = c.status(party)["ready"]
+                        states[party] = bool(c.hello(party)["ready"])  # health: any admitted identity
                 except Exception:  # noqa: BLE001 - not up yet
                     states[party] = False
             if all(states.values()):
                 return
-            for party, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise AssertionError(f"{party} exited with {proc.returncode}\n{self.logs()}")
+            self._check_alive()
             if time.monotonic() > deadline:
                 raise AssertionError(f"not ready after {timeout_s} s: {states}\n{self.logs()}")
             time.sleep(0.5)
 
+    def wait_listening(self, timeout_s: float = 300.0) -> None:
+        """Until every party accepts clients (before any deployment)."""
+        from bridge.serving.client import ServingClient
 
-def wait_listening(cluster: Path, parties: Parties, timeout_s: float = 300.0) -> None:
-    from bridge.serving.client import ServingClient
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                ServingClient(self.cluster, "owner", parties=tuple(PARTIES), timeout_s=5).close()
+                return
+            except Exception as exc:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the parties do not listen after {timeout_s} s ({exc})\n{self.logs()}") \
+                        from exc
+                self._check_alive()
+                time.sleep(0.3)
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            ServingClient(cluster, "owner", parties=tuple(PARTIES), timeout_s=5).close()
-            return
-        except Exception as exc:  # noqa: BLE001 - not up yet
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the parties do not listen after {timeout_s} s ({exc})\n{parties.logs()}") \
-                    from exc
-            for party, proc in parties.procs.items():
-                if proc.poll() is not None:
-                    raise AssertionError(f"{party} exited with {proc.returncode}\n{parties.logs()}") from exc
-            time.sleep(0.3)
+    def _check_alive(self) -> None:
+        for party, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise AssertionError(f"{party} exited with {proc.returncode}\n{self.logs()}")

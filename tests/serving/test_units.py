@@ -91,3 +91,30 @@ def test_message_framing_refuses_malformed():
         left.sendall(b"\x7f\xff\xff\xff")
         with pytest.raises(ConnectionLost, match="at most"):
             read_message(right, 1 << 20)
+
+
+def test_operators_default_explicit_and_refused_names(tmp_path):
+    default = load_service(make_service(tmp_path / "a", clients=["alice"]))
+    assert default.operators == {"owner"}  # the model owner alone, unless the file says otherwise
+    listed = load_service(make_service(tmp_path / "b", clients=["alice", "ops"], operators=["ops"]))
+    assert listed.operators == {"ops"}
+    nobody = load_service(make_service(tmp_path / "c", clients=["alice"], operators=[]))
+    assert nobody.operators == frozenset()
+    with pytest.raises(ClusterError, match=r"operators .* names \['server1'\].*not a party"):
+        load_service(make_service(tmp_path / "d", clients=["alice"], operators=["server1"]))
+
+
+def test_latency_percentiles_and_counters():
+    from bridge.serving.stats import ServiceStats, percentiles
+
+    p = percentiles([float(v) for v in range(1, 101)])
+    assert p == pytest.approx({"p50": 50.5, "p95": 95.05, "p99": 99.01, "mean": 50.5})
+    assert percentiles([]) == {"p50": None, "p95": None, "p99": None, "mean": None}
+    stats = ServiceStats()
+    for ms in (30, 10, 20, 1000):
+        stats.answered(ms / 1000)
+    stats.count("requests", 5)
+    stats.count("errors")
+    snap = stats.snapshot()
+    assert snap["counts"] == {"answered": 4, "requests": 5, "errors": 1}
+    assert snap["latency_s"]["p50"] == pytest.approx(0.025) and snap["latency_s"]["p99"] == pytest.approx(0.9709)  # between 30 and 1000 ms, at 0.97 of the way
