@@ -38,7 +38,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +48,6 @@ from bridge.mpc.kernels import RingKernels, Tensor
 from bridge.mpc.party import PartyContext, Request
 from bridge.mpc.prg import fresh_seed
 from bridge.mpc.protocol import Masked, Shared
-
-R = TypeVar("R")
 
 #: slot streams live above every run stream
 SLOT_BASE = 1 << 63

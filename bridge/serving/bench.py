@@ -5,6 +5,11 @@ deploys ``mlp_infer``'s model (784-128-128-10 ReLU), and runs ``loadtest``: one 
 sending batch-1 requests one after another, then 8 clients at once (dynamic batching
 across them), then the same 8 with ``max_batch = 1`` (no batching).  Prints one row per
 run: throughput, p50/p95/p99 latency, errors, and the servers' mean batch rows.
+
+The offline phase: every service keeps its pool (``offline_depth``, default 2), and a
+last service runs with ``offline_depth = 0`` (every batch's material drawn inline, the
+dealer computing during the run).  ``online_p50_s`` is the leader's secure run alone
+(forward pass and range check), ``offline_s`` the pool's making time per batch made.
 """
 
 from __future__ import annotations
@@ -31,14 +36,15 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def write_service(root: Path, max_batch: int, max_delay_ms: float, timeout_s: float = 60.0) -> Path:
+def write_service(root: Path, max_batch: int, max_delay_ms: float, timeout_s: float = 60.0,
+                  offline_depth: int = 2) -> Path:
     keygen(list(PARTIES), root / "keys")
     keygen(["owner", "load"], root / "clients")
     lines = [f"timeout_s = {timeout_s}", 'keys = "keys"', ""]
     for name, role in PARTIES.items():
         lines += ["[[parties]]", f'name = "{name}"', f'roles = ["{role}"]', f'address = "127.0.0.1:{_port()}"', ""]
     lines += ["[serving]", 'model_owner = "owner"', f"max_batch = {max_batch}", f"max_delay_ms = {max_delay_ms}",
-              "", "[serving.listen]", *[f'{n} = "127.0.0.1:{_port()}"' for n in PARTIES]]
+              f"offline_depth = {offline_depth}", "", "[serving.listen]", *[f'{n} = "127.0.0.1:{_port()}"' for n in PARTIES]]
     (root / "cluster.toml").write_text("\n".join(lines) + "\n")
     return root / "cluster.toml"
 
@@ -48,14 +54,15 @@ def _cli(*args: str, **kw) -> subprocess.CompletedProcess | subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "frontends.cli", *args], cwd=ROOT, env=env, **kw)
 
 
-def measure(backend: str, max_batch: int, runs: list[tuple[int, int]], max_delay_ms: float = 5.0) -> list[dict]:
+def measure(backend: str, max_batch: int, runs: list[tuple[int, int]], max_delay_ms: float = 5.0,
+            offline_depth: int = 2) -> list[dict]:
     """Per (clients, requests): the loadtest result, batch 1."""
     from bridge.bench.workloads import mlp_infer
     from bridge.serving.client import ServingClient, deploy
     from bridge.serving.loadtest import run_loadtest
 
     root = Path(tempfile.mkdtemp(prefix="privacy-bridge-serving-bench-"))
-    cluster = write_service(root, max_batch, max_delay_ms)
+    cluster = write_service(root, max_batch, max_delay_ms, offline_depth=offline_depth)
     procs = [_cli("serve", "--cluster", str(cluster), "--name", p, "--backend", backend,
                   stdout=open(root / f"{p}.log", "w"), stderr=subprocess.STDOUT) for p in PARTIES]
     try:
@@ -82,8 +89,12 @@ def measure(backend: str, max_batch: int, runs: list[tuple[int, int]], max_delay
                 s = c.status("server0")
             batches = s["counts"].get("batches", 0) - before.get("batches", 0)
             rows = s["counts"].get("rows", 0) - before.get("rows", 0)
+            pool = s.get("pool") or {}
             r.update(backend=backend, max_batch=max_batch, mean_batch_rows=rows / batches if batches else 0.0,
-                     online_p50_s=s["online_s"]["p50"])
+                     offline_depth=offline_depth, online_p50_s=s["online_s"]["p50"],
+                     online_precomputed_p50_s=s["online_precomputed_s"]["p50"],
+                     online_inline_p50_s=s["online_inline_s"]["p50"],
+                     offline_s=pool.get("offline_s", 0.0) / max(pool.get("made", 0), 1))
             out.append(r)
         return out
     finally:
@@ -106,15 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     for backend in args.backend or ["torch-spdz", "tf-pond"]:
         rows += measure(backend, 64, [(1, max(args.requests // 4, 10)), (8, args.requests)])
         rows += measure(backend, 1, [(8, args.requests)])
+        rows += measure(backend, 64, [(1, max(args.requests // 4, 10))], offline_depth=0)
     if args.json:
         for r in rows:
             print(json.dumps(r))
         return 0
-    print("backend    | max_batch | clients | requests | errors | req/s  | p50 ms | p95 ms | p99 ms | batch rows")
+    print("backend    | max_batch | pool | clients | requests | errors | req/s  | p50 ms | p95 ms | p99 ms | batch rows "
+          "| online p50 ms | offline ms/batch")
     for r in rows:
-        print(f"{r['backend']:10s} | {r['max_batch']:9d} | {r['clients']:7d} | {r['requests']:8d} | {r['errors']:6d} | "
+        print(f"{r['backend']:10s} | {r['max_batch']:9d} | {r['offline_depth']:4d} | {r['clients']:7d} | "
+              f"{r['requests']:8d} | {r['errors']:6d} | "
               f"{r['requests_per_s']:6.2f} | {r['p50_s'] * 1000:6.1f} | {r['p95_s'] * 1000:6.1f} | "
-              f"{r['p99_s'] * 1000:6.1f} | {r['mean_batch_rows']:.2f}")
+              f"{r['p99_s'] * 1000:6.1f} | {r['mean_batch_rows']:10.2f} | {(r['online_p50_s'] or 0) * 1000:13.1f} | "
+              f"{r['offline_s'] * 1000:.1f}")
     return 0
 
 

@@ -182,3 +182,22 @@ def test_bench_splits_online_and_offline(served):
     assert min(t["offline"]) > 0 and t["max_abs_diff"] < ATOL
     # two warm-ups and two timed queries of each kind: half of them precomputed, half inline
     assert all((m["precomputed"] + m["waited"], m["inline"]) == (3, 3) for m in executable.material.values())
+
+
+def test_precomputed_query_costs_the_documented_rounds(secure_backend):
+    """Without the range check: 4 comparison rounds + bit injection, 2 dense layers, the
+    reveal (tests/distributed/test_bench.py), with the material made before as inline."""
+    program, weights = tiny_mlp()
+    executable = secure_backend.prepare(program, weights, check_overflow=False)
+    try:
+        executable.precompute(ROWS, runs=1)
+        stats = executable.run(_x(1)).stats
+        assert executable.last_material == {"server0": True, "server1": True, "dealer": True}
+        # server1 receives the output, so only server0 sends in the reveal
+        assert [stats.total_rounds(p, ("share:",)) for p in ("server0", "server1")] == [8, 7]
+        # bytes: the input's sharing excluded, what each compute party sends is fixed by the shapes alone
+        inline = executable.run(_x(2)).stats
+        assert [stats.total_bytes(p, ("share:",)) for p in ("server0", "server1")] == \
+            [inline.total_bytes(p, ("share:",)) for p in ("server0", "server1")]
+    finally:
+        executable.close()
