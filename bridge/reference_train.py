@@ -22,9 +22,9 @@ import numpy as np
 
 from bridge.backend import BackendError, StepResult, TrainingExecutable
 from bridge.im2col import Im2ColPlan, extract_patches, im2col_plan
-from bridge.ir import AdamSpec, Loss, Node, Program, RMSpropSpec, SGDSpec, validate_program, validate_weights
+from bridge.ir import AdamSpec, Graph, Loss, Node, Program, RMSpropSpec, SGDSpec, validate_program, validate_weights
 from bridge.ir import ops as irops
-from bridge.reference import evaluate
+from bridge.reference import channel_shape, evaluate
 
 #: Keras' clipping of probabilities before a logarithm (keras.config.epsilon())
 EPSILON = 1e-7
@@ -67,6 +67,23 @@ _LINK = {
 }
 
 
+def refuse_untrainable(graph: Graph) -> None:
+    """Refuse, naming the first such layer and why, a graph with a node encrypted training cannot
+    run: a serving-only op (``ops.training_refusal``) or a trainable batch norm.  Needs no
+    compile() settings, so the Keras front end calls it when ``privatize`` is asked to train."""
+    for node in graph.nodes:
+        if node.op.kind == "batch_norm" and any(graph.parameters[p].trainable for p in node.params.values()):
+            raise TrainingRefused(
+                f"layer {node.name!r} is a trainable BatchNormalization layer, which encrypted training does "
+                "not support (Keras trains it with batch statistics, which would need a secure square root "
+                "per step). Freeze it (layer.trainable = False: Keras then runs it in inference mode, an "
+                "affine map that trains encrypted), remove it, or train in the clear and use encrypted serving."
+            )
+        why = irops.training_refusal(node.op)
+        if why:
+            raise TrainingRefused(f"layer {node.name!r} ({node.op.kind}) cannot be trained encrypted: {why}")
+
+
 def loss_head(program: Program) -> LossHead:
     """Check that ``program`` can be trained and say how its loss attaches; refuse clearly."""
     spec = program.training
@@ -81,16 +98,7 @@ def loss_head(program: Program) -> LossHead:
             f"training takes one loss on one output; this model has outputs {list(graph.outputs)}. "
             "Train a single-output model (any number of inputs), or compute the other heads' losses in the clear."
         )
-    for node in graph.nodes:
-        if node.op.kind == "batch_norm":
-            raise TrainingRefused(
-                f"layer {node.name!r} is a BatchNormalization layer, which training here does not "
-                "support (its batch statistics would need a secure square root per step). Remove it, "
-                "or train in the clear and use encrypted serving."
-            )
-        why = irops.training_refusal(node.op)
-        if why:
-            raise TrainingRefused(f"layer {node.name!r} ({node.op.kind}) cannot be trained encrypted: {why}")
+    refuse_untrainable(graph)
     output = next(iter(graph.outputs))
     width = graph.outputs[output].feature_shape
     if len(width) != 1:
@@ -241,8 +249,16 @@ ReferenceBackward = Callable[[Node, list[np.ndarray], np.ndarray, Arrays, np.nda
 
 def _plan(op: Any, shape: tuple[int, ...]) -> Im2ColPlan:
     _, h, w, c = shape
-    window = op.kernel_size if isinstance(op, irops.Conv2D) else op.pool_size
-    return im2col_plan(h, w, c, window[0], window[1], op.strides, op.padding)
+    if isinstance(op, (irops.AvgPool2D, irops.MaxPool2D)):
+        return im2col_plan(h, w, c, op.pool_size[0], op.pool_size[1], op.strides, op.padding)
+    return im2col_plan(h, w, c, op.kernel_size[0], op.kernel_size[1], op.strides, op.padding, op.dilation_rate)
+
+
+def unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The gradient of a value broadcast from ``shape`` to g's shape: g summed over the
+    broadcast axes (the adjoint of broadcasting)."""
+    axes = tuple(i for i, (a, b) in enumerate(zip(shape, g.shape, strict=True)) if a == 1 and b != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
 
 
 def _scatter(plan: Im2ColPlan, cols: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -256,24 +272,39 @@ def _scatter(plan: Im2ColPlan, cols: np.ndarray, shape: tuple[int, ...]) -> np.n
 
 
 def _dense(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
-    grads = {"kernel": xs[0].T @ dy}
+    """Dense on (batch, ..., features): every position is a row of the product."""
+    x, rows = xs[0].reshape(-1, xs[0].shape[-1]), dy.reshape(-1, dy.shape[-1])
+    grads = {"kernel": x.T @ rows}
     if node.op.use_bias:
-        grads["bias"] = dy.sum(axis=0)
-    return [dy @ p["kernel"].T], grads
+        grads["bias"] = rows.sum(axis=0)
+    return [(rows @ p["kernel"].T).reshape(xs[0].shape)], grads
 
 
 def _conv2d(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
-    x = xs[0]
+    """Conv2D (any dilation, groups) and DepthwiseConv2D: both bilinear in (patches, kernel).
+
+    Group g of G: y[., g, f] = sum_{t, c} cols[., t, g, c] w[t, c, g, f]; depthwise:
+    y[., c, m] = sum_t cols[., t, c] w[t, c, m]."""
+    x, kernel = xs[0], p["kernel"]
+    n, c = x.shape[0], x.shape[3]
     plan = _plan(node.op, x.shape)
-    kernel = p["kernel"]
-    window, filters = int(np.prod(kernel.shape[:3])), kernel.shape[3]
-    cols = extract_patches(plan, x).reshape(-1, window)
-    flat_dy = dy.reshape(-1, filters)
-    grads = {"kernel": (cols.T @ flat_dy).reshape(kernel.shape)}
+    taps = kernel.shape[0] * kernel.shape[1]
+    cols = extract_patches(plan, x).reshape(n, -1, taps, c)
+    if node.op.kind == "depthwise_conv2d":
+        w = kernel.reshape(taps, c, -1)
+        per = dy.reshape(n, -1, c, w.shape[-1])
+        grads = {"kernel": np.einsum("nptc,npcm->tcm", cols, per).reshape(kernel.shape)}
+        dcols = np.einsum("npcm,tcm->nptc", per, w)
+    else:
+        groups = node.op.groups
+        w = kernel.reshape(taps, c // groups, groups, -1)
+        per = dy.reshape(n, -1, groups, w.shape[-1])
+        grouped = cols.reshape(n, -1, taps, groups, c // groups)
+        grads = {"kernel": np.einsum("nptgc,npgf->tcgf", grouped, per).reshape(kernel.shape)}
+        dcols = np.einsum("npgf,tcgf->nptgc", per, w)
     if node.op.use_bias:
-        grads["bias"] = flat_dy.sum(axis=0)
-    dcols = (flat_dy @ kernel.reshape(window, filters).T).reshape(len(x), -1, window)
-    return [_scatter(plan, dcols, x.shape)], grads
+        grads["bias"] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
+    return [_scatter(plan, dcols.reshape(n, -1, taps * c), x.shape)], grads
 
 
 def _avg_pool2d(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
@@ -309,7 +340,7 @@ def _reshape_back(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy
 
 
 def _add(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
-    return [dy for _ in xs], {}
+    return [unbroadcast(dy, x.shape) for x in xs], {}
 
 
 def _identity(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
@@ -332,8 +363,11 @@ def _softmax(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.
     return [y * (dy - np.sum(dy * y, axis=-1, keepdims=True))], {}
 
 
-def _batch_norm(node: Node, *args: Any) -> tuple[list, Arrays]:
-    raise TrainingRefused(f"layer {node.name!r} is a BatchNormalization layer, which training does not support")
+def _batch_norm(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> tuple[list, Arrays]:
+    """A frozen batch norm (inference form, the only one ``loss_head`` lets train): y = x s + t
+    with s = gamma / sqrt(variance + epsilon) per channel; no parameter gradients."""
+    scale = p["gamma"] / np.sqrt(p["moving_variance"] + node.op.epsilon)
+    return [dy * scale.reshape(channel_shape(node.op.axis, dy.ndim, scale.shape[0]))], {}
 
 
 REFERENCE_BACKWARD: dict[str, ReferenceBackward] = {
@@ -518,3 +552,7 @@ class ReferenceTrainingExecutable(TrainingExecutable):
 
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self._weights.items()}
+
+
+# the opset-v2 backward rules register themselves in REFERENCE_BACKWARD (imported last: they use the rules above)
+import bridge.reference_train_v2  # noqa: E402,F401

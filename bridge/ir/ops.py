@@ -627,26 +627,32 @@ OP_KINDS: tuple[str, ...] = tuple(
 #: op kind -> the opset version that introduced it
 SINCE: dict[str, int] = {kind: 1 if kind in V1_KINDS else 2 for kind in OP_KINDS}
 
+#: opset-v2 kinds that train: their backward rules are in bridge.mpc.backward_v2 (secure, both
+#: backends) and bridge.reference_train_v2 (float64), checked against TensorFlow in tests/training
+TRAINABLE_V2: frozenset[str] = frozenset({
+    "conv1d", "depthwise_conv2d", "depthwise_conv1d", "avg_pool1d", "max_pool1d", "global_max_pool2d",
+    "global_avg_pool1d", "global_max_pool1d", "upsample2d", "upsample1d", "pad", "crop", "transpose",
+    "repeat_vector", "concat", "subtract", "multiply", "average", "maximum", "minimum", "prelu", "rescale",
+    "elu", "gelu", "silu", "hard_sigmoid", "hard_silu", "softplus", "softsign",
+})
+
+#: why a serving-only kind stays so, where there is more to say than that its rule is not written
+_SERVING_ONLY_WHY: dict[str, str] = {}
+
 #: op kind -> why encrypted training refuses it; checked before training starts
-#: (``reference_train.loss_head``), so a model is refused when it is prepared, never mid-fit
+#: (``reference_train.loss_head``, and ``privatize(..., privacy="encrypted_training")``), so a
+#: model is refused when it is prepared, never mid-fit.  A kind added later is serving-only
+#: until its backward rules are written and it joins TRAINABLE_V2.
 SERVING_ONLY: dict[str, str] = {
-    kind: "its backward rule is not written yet; it runs in encrypted serving only"
+    kind: _SERVING_ONLY_WHY.get(kind, "its backward rule is not written yet; it runs in encrypted serving only")
     for kind in OP_KINDS
-    if SINCE[kind] > 1
+    if SINCE[kind] > 1 and kind not in TRAINABLE_V2
 }
 
 
 def training_refusal(op: _Op) -> str | None:
-    """Why encrypted training cannot run this op (None: it can): serving-only kinds, and v1
-    kinds given v2 options their backward rules do not cover."""
-    if op.kind in SERVING_ONLY:
-        return SERVING_ONLY[op.kind]
-    unsupported = {
-        "relu": isinstance(op, Relu) and not op.plain,
-        "softmax": isinstance(op, Softmax) and op.axis != -1,
-        "conv2d": isinstance(op, Conv2D) and (op.groups != 1 or op.dilation_rate != (1, 1)),
-        "global_avg_pool2d": isinstance(op, GlobalAvgPool2D) and op.keepdims,
-    }
-    if unsupported.get(op.kind):
-        return f"its options {op.model_dump(exclude={'kind'})} have no backward rule yet; it runs in encrypted serving only"
-    return None
+    """Why encrypted training cannot run this op (None: it can).  Every option of a trainable
+    kind trains (relu's max_value/negative_slope/threshold, softmax on any axis, dilated and
+    grouped convolutions, keepdims); a trainable batch norm is refused by ``loss_head``, which
+    sees whether its parameters are frozen."""
+    return SERVING_ONLY.get(op.kind)

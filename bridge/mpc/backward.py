@@ -27,7 +27,7 @@ from bridge.ir import Node, Program
 from bridge.mpc import functions
 from bridge.mpc.compare import Bits, mul_bit
 from bridge.mpc.kernels import RingKernels, Tensor
-from bridge.mpc.layers import LayerEnv, Param, extract_patches
+from bridge.mpc.layers import LayerEnv, Param, extract_patches, reshape_param
 from bridge.mpc.party import PartyContext
 from bridge.mpc.protocol import (
     Masked,
@@ -43,7 +43,7 @@ from bridge.mpc.protocol import (
     sub,
     truncate,
 )
-from bridge.reference_train import LossHead, TrainingRefused
+from bridge.reference_train import LossHead
 
 Grads = tuple[list[Shared | None], dict[str, Shared]]
 BackwardRule = Callable[[LayerEnv, Node, list[Shared], Shared, Any, Shared, list[bool]], Grads]
@@ -100,8 +100,11 @@ def scatter_patches(k: RingKernels, plan: Im2ColPlan, cols: Tensor, in_shape: tu
 
 def _dense(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared, needs: list[bool]) -> Grads:
     ctx, k = env.ctx, env.ctx.kernels
-    x = xs[0]
-    kernel_shape = (k.shape(x.share)[1], node.op.units)
+    x, in_shape = xs[0], k.shape(xs[0].share)
+    if len(in_shape) > 2:  # Dense on (batch, ..., features): every position is a row
+        x = Shared(k.reshape(x.share, (-1, in_shape[-1])))
+        dy = Shared(k.reshape(dy.share, (-1, node.op.units)))
+    kernel_shape = (in_shape[-1], node.op.units)
     grad_w = lambda a, b: k.matmul(_t(k, a), b)  # noqa: E731 - x^T dy, bilinear in (x, dy)
     with ctx.messenger.label("dense_grad"):
         if needs[0]:
@@ -110,6 +113,7 @@ def _dense(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, d
             dx = truncate(ctx, masked_product(
                 ctx, dy_masked, kernel, lambda a, b: k.matmul(a, _t(k, b)), k.shape(x.share)))
             dw = truncate(ctx, beaver(ctx, x, dy_masked, grad_w, kernel_shape))
+            dx = Shared(k.reshape(dx.share, in_shape))
         else:
             dx, dw = None, truncate(ctx, beaver(ctx, x, dy, grad_w, kernel_shape))
     grads = {"kernel": dw}
@@ -118,28 +122,84 @@ def _dense(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, d
     return [dx], grads
 
 
+def conv_gradients(k: RingKernels, op: Any, plan: Im2ColPlan, in_shape: tuple[int, ...],
+                   kernel_shape: tuple[int, ...]) -> tuple[Callable, Callable]:
+    """(grad_w(x, dy), grad_x(dy, kernel)), both bilinear, of a Conv2D (any dilation: the plan
+    spaces the taps; any groups) or a DepthwiseConv2D, exact in the ring (no truncation).
+
+    grad_w = patches(x)^T dy per group (depthwise: per channel); grad_x = scatter(dy W^T),
+    the adjoint of patch extraction.  Group g of G reads channels [g C/G, (g+1) C/G) and
+    writes filters [g F/G, (g+1) F/G); a depthwise output channel c M + m reads channel c."""
+    n, c = in_shape[0], in_shape[3]
+    positions = plan.indices.shape[0]
+    taps = kernel_shape[0] * kernel_shape[1]
+    rows = n * positions
+
+    def patches(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+        return k.reshape(extract_patches(k, plan, x), shape)
+
+    def back(cols: Tensor) -> Tensor:
+        return scatter_patches(k, plan, k.reshape(cols, (n, positions, taps * c)), in_shape)
+
+    if op.kind == "depthwise_conv2d":
+        m = kernel_shape[3]
+
+        def grad_w(a: Tensor, b: Tensor) -> Tensor:  # sum_{n,p} cols[n,p,t,c] dy[n,p,c,m]
+            prod = k.mul(patches(a, (rows, taps, c, 1)), k.reshape(b, (rows, 1, c, m)))
+            return k.reshape(k.sum(prod, axis=0), kernel_shape)
+
+        def grad_x(a: Tensor, b: Tensor) -> Tensor:  # dcols[n,p,t,c] = sum_m dy[n,p,c,m] w[t,c,m]
+            prod = k.mul(k.reshape(a, (rows, 1, c, m)), k.reshape(b, (1, taps, c, m)))
+            return back(k.sum(prod, axis=3))
+
+        return grad_w, grad_x
+
+    groups, filters = op.groups, kernel_shape[3]
+    cg, fg = c // groups, filters // groups
+    if groups == 1:
+        def grad_w(a: Tensor, b: Tensor) -> Tensor:
+            cols = patches(a, (rows, taps * c))
+            return k.reshape(k.matmul(_t(k, cols), k.reshape(b, (rows, filters))), kernel_shape)
+
+        def grad_x(a: Tensor, b: Tensor) -> Tensor:
+            return back(k.matmul(k.reshape(a, (rows, filters)), _t(k, k.reshape(b, (taps * c, filters)))))
+
+        return grad_w, grad_x
+
+    def pick(t: Tensor, g: int, axis: int, shape: tuple[int, ...]) -> Tensor:
+        return k.reshape(k.gather(t, np.array([g]), axis=axis), shape)
+
+    def grad_w(a: Tensor, b: Tensor) -> Tensor:  # per group: cols_g^T dy_g, kernel (taps, cg, G, fg)
+        cols = patches(a, (rows, taps, groups, cg))
+        dy = k.reshape(b, (rows, groups, fg))
+        parts = [k.reshape(k.matmul(_t(k, pick(cols, g, 2, (rows, taps * cg))), pick(dy, g, 1, (rows, fg))),
+                           (taps, cg, 1, fg)) for g in range(groups)]
+        return k.reshape(k.concat(parts, axis=2), kernel_shape)
+
+    def grad_x(a: Tensor, b: Tensor) -> Tensor:  # per group: dy_g W_g^T
+        dy = k.reshape(a, (rows, groups, fg))
+        w = k.reshape(b, (taps, cg, groups, fg))
+        parts = [k.reshape(k.matmul(pick(dy, g, 1, (rows, fg)), _t(k, pick(w, g, 2, (taps * cg, fg)))),
+                           (rows, taps, 1, cg)) for g in range(groups)]
+        return back(k.concat(parts, axis=2))
+
+    return grad_w, grad_x
+
+
 def _conv2d(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, plan: Im2ColPlan, dy: Shared,
             needs: list[bool]) -> Grads:
+    """Conv2D (dilated, grouped) and DepthwiseConv2D: [dy] is opened once (masked) for both
+    dx and dW; the kernel's opening is the forward pass's (Pond)."""
     ctx, k = env.ctx, env.ctx.kernels
     x = xs[0]
     in_shape = k.shape(x.share)
-    n, positions, window = in_shape[0], plan.indices.shape[0], plan.indices.shape[1]
-    filters = node.op.filters
-    kernel_shape = (*node.op.kernel_size, in_shape[3], filters)
-
-    def grad_w(a: Tensor, b: Tensor) -> Tensor:  # patches(x)^T dy
-        cols = k.reshape(extract_patches(k, plan, a), (n * positions, window))
-        return k.reshape(k.matmul(_t(k, cols), k.reshape(b, (n * positions, filters))), kernel_shape)
-
-    def grad_x(a: Tensor, b: Tensor) -> Tensor:  # scatter(dy W^T)
-        cols = k.matmul(k.reshape(a, (n * positions, filters)), _t(k, k.reshape(b, (window, filters))))
-        return scatter_patches(k, plan, k.reshape(cols, (n, positions, window)), in_shape)
-
-    with ctx.messenger.label("conv2d_grad"):
+    kernel = env.param(node, "kernel")
+    kernel_shape = k.shape((kernel.value if isinstance(kernel, Masked) else kernel).share)
+    grad_w, grad_x = conv_gradients(k, node.op, plan, in_shape, kernel_shape)
+    with ctx.messenger.label(f"{node.op.kind}_grad"):
         if needs[0]:
             dy_masked = mask_operand(ctx, dy)
-            kernel = as_masked(ctx, env.param(node, "kernel"))
-            dx = truncate(ctx, masked_product(ctx, dy_masked, kernel, grad_x, in_shape))
+            dx = truncate(ctx, masked_product(ctx, dy_masked, as_masked(ctx, kernel), grad_x, in_shape))
             dw = truncate(ctx, beaver(ctx, x, dy_masked, grad_w, kernel_shape))
         else:
             dx, dw = None, truncate(ctx, beaver(ctx, x, dy, grad_w, kernel_shape))
@@ -190,8 +250,15 @@ def _reshape_back(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, in_sha
     return [Shared(env.ctx.kernels.reshape(dy.share, in_shape))], {}
 
 
+def unbroadcast(k: RingKernels, g: Shared, shape: tuple[int, ...]) -> Shared:
+    """The gradient of a value broadcast from ``shape``: g summed over the broadcast axes (local)."""
+    axes = tuple(i for i, (a, b) in enumerate(zip(shape, k.shape(g.share), strict=True)) if a == 1 and b != 1)
+    return Shared(k.sum(g.share, axis=axes, keepdims=True)) if axes else g
+
+
 def _add(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared, needs: list[bool]) -> Grads:
-    return [dy if need else None for need in needs], {}
+    k = env.ctx.kernels
+    return [unbroadcast(k, dy, k.shape(x.share)) if need else None for x, need in zip(xs, needs, strict=True)], {}
 
 
 def _identity(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
@@ -235,12 +302,18 @@ def _softmax(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Shar
         return [mul(ctx, y, centered)], {}
 
 
-def _batch_norm(env: LayerEnv, node: Node, *args: Any) -> Grads:
-    raise TrainingRefused(
-        f"layer {node.name!r} is a BatchNormalization layer, which encrypted training does not "
-        "support (its batch statistics would need a secure square root per step). Remove it, "
-        "or train in the clear and use encrypted serving."
-    )
+def _batch_norm(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
+                needs: list[bool]) -> Grads:
+    """A frozen batch norm (``loss_head`` refuses a trainable one): dx = dy * scale per channel,
+    one product with the scale the forward pass masked (|dy| opened, one round)."""
+    ctx, k = env.ctx, env.ctx.kernels
+    rank = len(k.shape(dy.share))
+    scale = env.param(node, "scale")
+    channels = k.shape((scale.value if isinstance(scale, Masked) else scale).share)[0]
+    shape = [1] * rank
+    shape[node.op.axis % (rank - 1) + 1] = channels
+    with ctx.messenger.label("batch_norm_grad"):
+        return [mul(ctx, dy, reshape_param(k, scale, tuple(shape)))], {}
 
 
 SECURE_BACKWARD: dict[str, BackwardRule] = {
@@ -280,10 +353,11 @@ def loss_gradient(ctx: PartyContext, head: LossHead, predicted: Shared, labels: 
     return mul_public(ctx, sub(ctx, predicted, labels), head.gradient_scale / n)
 
 
-def requires_grad(program: Program) -> set[str]:
-    """Values whose gradient reaches a trainable parameter: only these are computed."""
+def requires_grad(program: Program, wrt: tuple[str, ...] = ()) -> set[str]:
+    """Values whose gradient reaches a trainable parameter (or a value of ``wrt``): only these
+    are computed."""
     trainable = {name for name, spec in program.graph.parameters.items() if spec.trainable}
-    needed: set[str] = set()
+    needed: set[str] = set(wrt)
     for node in program.graph.nodes:
         if any(p in trainable for p in node.params.values()) or any(v in needed for v in node.inputs):
             needed.add(node.output)
@@ -307,7 +381,7 @@ def secure_backward(
     Returns (parameter gradients, gradients of the values in ``wrt``).
     """
     env = LayerEnv(ctx, params, training=True)
-    needed = requires_grad(program) | set(wrt)
+    needed = requires_grad(program, wrt)
     trainable = {name for name, spec in program.graph.parameters.items() if spec.trainable}
     grads: dict[str, Shared] = dict(seeds)
     param_grads: dict[str, Shared] = {}
@@ -328,3 +402,7 @@ def secure_backward(
             if name in trainable:
                 param_grads[name] = add(ctx, param_grads[name], g) if name in param_grads else g
     return param_grads, {v: grads[v] for v in wrt if v in grads}
+
+
+# the opset-v2 backward rules register themselves in SECURE_BACKWARD (imported last: they use the rules above)
+import bridge.mpc.backward_v2  # noqa: E402,F401

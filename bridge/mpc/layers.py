@@ -349,9 +349,13 @@ def _global_max(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, An
     """Max over every cell of each channel: a comparison tree of depth ceil(log2 cells)."""
     ctx, k = env.ctx, env.ctx.kernels
     cells, spatial = _spatial_last(k, xs[0].share)
-    best = functions.max_axis0(ctx, Shared(cells))
+    selection = None  # training: the winner's one-hot over the cells, for the backward pass
+    if env.training and k.shape(cells)[0] > 1:
+        best, selection = max_with_selection(ctx, Shared(cells))
+    else:
+        best = functions.max_axis0(ctx, Shared(cells))
     n, c = k.shape(best.share)
-    return (Shared(k.reshape(best.share, (n, *(1,) * len(spatial), c))) if node.op.keepdims else best), None
+    return (Shared(k.reshape(best.share, (n, *(1,) * len(spatial), c))) if node.op.keepdims else best), selection
 
 
 def _upsample(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
@@ -416,11 +420,12 @@ def _extremum(largest: bool) -> ForwardRule:
 
     def rule(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
         ctx = env.ctx
-        out = xs[0]
+        out, bits = xs[0], []  # bits [running >= x]: the backward pass routes the gradient by them
         for x in xs[1:]:
-            best, _ = functions.maximum(ctx, out, x)
+            best, bit = functions.maximum(ctx, out, x)
+            bits.append(bit)
             out = best if largest else sub(ctx, add(ctx, out, x), best)
-        return out, None
+        return out, bits
 
     return rule
 
@@ -428,12 +433,12 @@ def _extremum(largest: bool) -> ForwardRule:
 def _prelu(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
     """relu(x) + alpha min(x, 0): one comparison, one product with the (masked) alpha."""
     ctx = env.ctx
-    positive = functions.relu(ctx, xs[0])
+    positive, bit = functions.relu_with_bit(ctx, xs[0])
     negative = sub(ctx, xs[0], positive)
     alpha = env.param(node, "alpha")
     k = ctx.kernels
     alpha = reshape_param(k, alpha, (1, *k.shape(_value(alpha).share)))
-    return add(ctx, positive, mul(ctx, negative, alpha)), None
+    return add(ctx, positive, mul(ctx, negative, alpha)), (bit, negative)  # the backward pass reads both
 
 
 def _rescale(env: LayerEnv, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:

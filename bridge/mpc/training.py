@@ -20,9 +20,10 @@ progress bar shows) and, at the end, the trained weights; data owners learn noth
 Overflow check (``check_overflow``, on by default).  Fixed-point training fails
 silently when a value leaves its range: a local-truncation wrap adds about
 2^(64 - 2f) = 2^32 to a value, a diverging model grows its activations until
-products wrap the ring.  After the forward pass the outputs of every dense, conv2d
-and add node are checked against a bound B (``overflow_bound``, default 1024):
-  1. [B - |x| >= 0] for every element where x feeds a ReLU (|x| = 2 ReLU(x) - x, exact
+products wrap the ring.  After the forward pass the outputs of every node of
+``CHECKED_KINDS`` (dense, the convolutions, add, subtract, multiply) are checked against
+a bound B (``overflow_bound``, default 1024):
+  1. [B - |x| >= 0] for every element where x feeds a plain ReLU (|x| = 2 ReLU(x) - x, exact
      and local), [x + B >= 0] and [B - x >= 0] elsewhere: all in one comparison call;
   2. the bits become arithmetic (one round, 1 bit per element) and are summed per
      layer into its count of violations v_l, locally;
@@ -51,7 +52,8 @@ from bridge.mpc.backward import loss_gradient, probabilities, secure_backward
 from bridge.mpc.comm import CommStats
 from bridge.mpc.compare import Bits, ge_zero, mul_bit
 from bridge.mpc.kernels import RingKernels
-from bridge.mpc.layers import masked_parameter_names, secure_forward, secure_parameters
+from bridge.mpc.layers import masked_parameter_names, secure_forward, secure_parameter_specs, secure_parameters
+from bridge.mpc.offline import SlotCounter
 from bridge.mpc.optimizers import OptimizerState, check_numerics, secure_update, sgd_step  # noqa: F401  (sgd_step re-exported)
 from bridge.mpc.party import PartyContext
 from bridge.mpc.range_check import bits_to_arith, overflow_flags
@@ -76,7 +78,8 @@ from bridge.mpc.session import SecureExecutable, compute_and_dealer, setup_party
 from bridge.reference_train import LossHead, TrainingRefused, loss_head, owner_rows
 
 #: op kinds whose outputs the overflow check reads: the ones that can grow a value
-CHECKED_KINDS = frozenset({"dense", "conv2d", "add"})
+CHECKED_KINDS = frozenset({"dense", "conv2d", "add", "conv1d", "depthwise_conv2d", "depthwise_conv1d", "multiply",
+                           "subtract"})
 DEFAULT_OVERFLOW_BOUND = 1024.0
 
 
@@ -263,6 +266,10 @@ class SecureTrainingExecutable(TrainingExecutable):
                 raise ValueError(f"party {self.owner!r} owns the model here but no weights were given")
             validate_weights(program, weights)
             prepared = secure_parameters(program, weights)
+        # parameters the owner folds before sharing (a frozen batch norm's statistics) never change:
+        # the model owner keeps its own copy and gets it back from ``weights``
+        folded = sorted(set(program.graph.parameters) - set(secure_parameter_specs(program)))
+        self._folded = {n: np.asarray(weights[n]) for n in folded} if prepared is not None else {}
         before = self.parties.stats.snapshot()
         self._params: dict[str, dict[str, Any]] = self.parties.run(
             lambda ctx: setup_party(ctx, program, prepared if ctx.name == self.owner else None)
@@ -274,7 +281,8 @@ class SecureTrainingExecutable(TrainingExecutable):
         }
         self._rows: dict[str, int] = {}
         self._checked = [n for n in program.graph.nodes if n.op.kind in CHECKED_KINDS]
-        relu_of = {n.inputs[0]: n.output for n in program.graph.nodes if n.op.kind == "relu"}
+        # |x| = 2 relu(x) - x holds for the plain relu only (not relu6, leaky or thresholded)
+        relu_of = {n.inputs[0]: n.output for n in program.graph.nodes if n.op.kind == "relu" and n.op.plain}
         self._rectified = [relu_of.get(n.output) for n in self._checked]
         self.step_count = 0
         self.last_stats: CommStats | None = None
@@ -404,7 +412,7 @@ class SecureTrainingExecutable(TrainingExecutable):
 
         Every party takes part; a process that does not host the model owner gets ``{}``.
         """
-        names = sorted(self.program.graph.parameters)
+        names = sorted(set(self.program.graph.parameters) & set(secure_parameter_specs(self.program)))
 
         def reveal(ctx: PartyContext) -> dict[str, np.ndarray]:
             out = {}
@@ -428,7 +436,8 @@ class SecureTrainingExecutable(TrainingExecutable):
                     "overflow corrupted the last update. Lower the learning rate and train again."
                 )
         specs = self.program.graph.parameters
-        return {n: revealed[n].astype(specs[n].dtype) for n in names}
+        revealed.update(self._folded)
+        return {n: revealed[n].astype(specs[n].dtype) for n in sorted(specs)}
 
     def serving(self, placement: Placement | None = None) -> Executable:
         """The trained model, still shared, as an encrypted-serving executable.
@@ -460,3 +469,7 @@ class _SharedModel(SecureExecutable):
         self._params = params
         self.setup_stats = CommStats()
         self.last_stats = None
+        # the serving state SecureExecutable.__init__ sets up (it would share the weights again)
+        self._slots = SlotCounter()
+        self.offline = {name: self._party_offline(ctx) for name, ctx in parties.contexts.items() if ctx.in_protocol}
+        self.last_material: dict[str, bool] = {}

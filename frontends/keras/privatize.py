@@ -15,6 +15,7 @@ import numpy as np
 
 from bridge.backend import Backend, BackendError, Executable
 from bridge.ir import Numerics, Placement, PrivacyMode, Program
+from bridge.ir.tokens import caller_shape
 from bridge.registry import configured_backend
 
 #: privacy mode -> keyword arguments of ``privatize`` that only that mode takes
@@ -73,6 +74,10 @@ def privatize(
             f"this mode takes {sorted(MODE_OPTIONS[mode])}"
         )
     engine, _ = configured_backend(backend, mode)
+    if mode == PrivacyMode.ENCRYPTED_TRAINING:  # refuse a serving-only layer now, by name, not mid-fit
+        from frontends.keras.training import check_trainable
+
+        check_trainable(model, numerics)
     return PrivateModel(model, mode, engine, parties, numerics, options)
 
 
@@ -323,7 +328,7 @@ def check_input_shapes(program: Program, inputs: Mapping[str, np.ndarray]) -> in
     for name, spec in program.graph.inputs.items():
         if name not in inputs:
             continue  # named in the backend's own error
-        shape, expected = tuple(np.shape(inputs[name])), spec.feature_shape
+        shape, expected = tuple(np.shape(inputs[name])), caller_shape(spec)  # token inputs: the ids' shape
         want = f"(batch, {', '.join(map(str, expected))})"
         if shape == expected:
             raise ValueError(

@@ -74,13 +74,15 @@ LAYER_OPS: dict[str, tuple[str, ...]] = {
 }
 
 #: kinds whose backward rule refuses for a reason other than SERVING_ONLY
-_REFUSED_IN_TRAINING = {"batch_norm": "batch statistics need a secure square root per step"}
+_REFUSED_IN_TRAINING: dict[str, str] = {}
+
+#: layers that train only frozen (layer.trainable = False, so Keras runs them in inference mode:
+#: an affine map); ``reference_train.refuse_untrainable`` refuses a trainable one by name
+_FROZEN_ONLY = {"BatchNormalization": "trains frozen only (trainable=False: inference mode, an affine map)"}
 
 _NOTES: dict[str, str] = {
-    "Activation": "relu, sigmoid, tanh, softmax, linear train; the opset-v2 activations serve only",
-    "ReLU": "max_value / negative_slope / threshold: serving only",
+    "Activation": "every activation trains but exponential (serving only)",
     "Conv1D": "padding='causal' is a zero pad, then 'valid'",
-    "Conv2D": "dilation_rate, groups: serving only",
     "Normalization": "adapted statistics, as batch_norm; invert=False",
     "Multiply": "secret x secret (Beaver); a (1, 1, C) gate broadcasts",
     "AveragePooling2D": "uneven 'same' refused under KERAS_BACKEND=torch (edge replication)",
@@ -91,11 +93,13 @@ _NOTES: dict[str, str] = {
     "Conv2DTranspose": "output_padding=None, dilation_rate=1",
     "LayerScale": "keras.applications.convnext's LayerScale",
     "StochasticDepth": "keras.applications.convnext's StochasticDepth (identity at inference)",
-    "Dense": "on the last axis of inputs of any rank (rank 2 only in training)",
+    "Dense": "on the last axis of inputs of any rank",
 }
 
 
 def training_status(layer: str) -> str:
+    if layer in _FROZEN_ONLY:
+        return "frozen only"
     kinds = LAYER_OPS[layer]
     for kind in kinds:
         if kind in SERVING_ONLY or kind in _REFUSED_IN_TRAINING:
@@ -110,7 +114,8 @@ def markdown_table() -> str:
     ]
     for layer in sorted(LAYER_RULES):
         options = ", ".join(f"`{o}`" for o in LAYER_OPTIONS[layer]) or "-"
-        rows.append(f"| `{layer}` | {options} | yes | {training_status(layer)} | {_NOTES.get(layer, '')} |")
+        notes = "; ".join(n for n in (_NOTES.get(layer, ""), _FROZEN_ONLY.get(layer, "")) if n)
+        rows.append(f"| `{layer}` | {options} | yes | {training_status(layer)} | {notes} |")
     operations = ", ".join(f"`{name}`" for name in sorted(OPERATION_RULES))
     rows.append("")
     rows.append(f"keras.ops operations read from functional graphs: {operations}.")

@@ -46,7 +46,7 @@ from bridge.ir import (
     SGDSpec,
     TrainingSpec,
 )
-from bridge.reference_train import TrainingRefused, batch_schedule
+from bridge.reference_train import TrainingRefused, batch_schedule, refuse_untrainable
 from frontends.keras.fit_data import (
     complete_weights,
     keras_batch_order,
@@ -266,6 +266,17 @@ def cluster_training_placement(program: Program, data_owners: list[str], cluster
 
 
 # -- fit ------------------------------------------------------------------------------------------
+
+def check_trainable(model: Any, numerics: Numerics | None = None) -> None:
+    """Refuse, when ``privatize(..., privacy="encrypted_training")`` is called (before any party
+    starts or anything is shared), a model with a layer encrypted training cannot run: the
+    error names the layer and says why (a serving-only op, a trainable BatchNormalization).
+    Layers the importer refuses are refused here too, by name."""
+    from frontends.keras.importer import to_ir
+
+    program, _ = to_ir(model, numerics=numerics, privacy=PrivacyMode.ENCRYPTED_TRAINING)
+    refuse_untrainable(program.graph)
+
 
 def _mean(results: list[Any], key: str | None) -> float:
     total = sum(r.count for r in results)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bridge.ir.ops import OP_KINDS
+from bridge.ir.ops import OP_KINDS, SERVING_ONLY
 from frontends.keras.importer import LAYER_RULES
 from frontends.keras.supported_layers import LAYER_OPS, block, readme_block, training_status
 
@@ -26,5 +26,7 @@ def test_every_importer_rule_is_in_the_table_with_known_op_kinds():
 
 def test_training_column_follows_the_backward_rules():
     assert training_status("Dense") == "yes"
-    assert training_status("Conv1D") == "no"  # serving-only kind in this opset
-    assert training_status("BatchNormalization") == "no"
+    assert training_status("Conv1D") == "yes"  # an opset-v2 kind with backward rules
+    assert training_status("BatchNormalization") == "frozen only"
+    serving_only = [layer for layer, kinds in LAYER_OPS.items() if any(k in SERVING_ONLY for k in kinds)]
+    assert serving_only and all(training_status(layer) == "no" for layer in serving_only)

@@ -32,33 +32,111 @@ from bridge.reference_train import batch_schedule
 # -- TensorFlow autodiff, the oracle of every backward rule ------------------------------------------
 
 
+def _tf_conv2d(tf, x, kernel, op, groups=None):
+    """Conv2D with dilation and groups (grouped as one conv per group: TF has no grouped conv on CPU)."""
+    groups = groups or getattr(op, "groups", 1)
+    dilations = getattr(op, "dilation_rate", (1, 1))
+    xs = tf.split(x, groups, axis=-1) if groups > 1 else [x]
+    ks = tf.split(kernel, groups, axis=-1) if groups > 1 else [kernel]
+    ys = [tf.nn.convolution(a, w, op.strides, op.padding.upper(), dilations=dilations) for a, w in zip(xs, ks)]
+    return tf.concat(ys, axis=-1) if groups > 1 else ys[0]
+
+
+def _tf_depthwise(tf, x, kernel, op):
+    """Depthwise as a convolution with one group per channel (tf.nn.depthwise_conv2d needs equal strides)."""
+    kh, kw, c, m = kernel.shape
+    return _tf_conv2d(tf, x, tf.reshape(kernel, (kh, kw, 1, c * m)), op, groups=c)
+
+
+def _tf_keras_relu(tf, x, op):
+    """Keras' relu with options, as the reference states it (x above threshold, clipped at
+    max_value, negative_slope (x - threshold) below)."""
+    y = tf.where(x > op.threshold, x, op.negative_slope * (x - op.threshold))
+    return y if op.max_value is None else tf.where(x >= op.max_value, tf.constant(op.max_value, x.dtype), y)
+
+
+def _tf_2d(tf, op2d, x, params, node):
+    """A 1-D op through its 2-D form on (n, 1, steps, C), as the IR defines it."""
+    lifted = {r: (v[None] if r == "kernel" else v) for r, v in params.items()}
+    y = tf_forward(node.model_copy(update={"op": op2d}), [x[:, None]], lifted)
+    return y[:, 0]
+
+
 def tf_forward(node: Node, xs: list, params: Mapping):
     """The op in float64 TensorFlow (tf.nn), with Keras' semantics."""
     import tensorflow as tf
 
     op = node.op
     kind = op.kind
+    x = xs[0]
+    rank = len(x.shape)
     if kind == "dense":
         y = tf.matmul(xs[0], params["kernel"])
         return y + params["bias"] if op.use_bias else y
-    if kind == "conv2d":
-        y = tf.nn.conv2d(xs[0], params["kernel"], op.strides, op.padding.upper())
+    if kind in ("conv2d", "depthwise_conv2d"):
+        y = (_tf_conv2d if kind == "conv2d" else _tf_depthwise)(tf, x, params["kernel"], op)
         return y + params["bias"] if op.use_bias else y
+    if kind in ("conv1d", "depthwise_conv1d", "avg_pool1d", "max_pool1d"):
+        return _tf_2d(tf, op.as_2d(), x, params, node)
     if kind == "avg_pool2d":
         return tf.nn.avg_pool2d(xs[0], op.pool_size, op.strides, op.padding.upper())
     if kind == "max_pool2d":
         return tf.nn.max_pool2d(xs[0], op.pool_size, op.strides, op.padding.upper())
-    if kind == "global_avg_pool2d":
-        return tf.reduce_mean(xs[0], axis=(1, 2))
+    if kind in ("global_avg_pool2d", "global_avg_pool1d"):
+        return tf.reduce_mean(x, axis=tuple(range(1, rank - 1)), keepdims=op.keepdims)
+    if kind in ("global_max_pool2d", "global_max_pool1d"):
+        return tf.reduce_max(x, axis=tuple(range(1, rank - 1)), keepdims=op.keepdims)
+    if kind in ("upsample2d", "upsample1d"):
+        sizes = op.size if isinstance(op.size, tuple) else (op.size,)
+        for axis, size in enumerate(sizes, start=1):
+            x = tf.repeat(x, size, axis=axis)
+        return x
+    if kind == "pad":
+        return tf.pad(x, [(0, 0), *op.pads])
+    if kind == "crop":
+        return x[(slice(None), *(slice(b, d - a) for d, (b, a) in zip(x.shape[1:], op.crops)))]
+    if kind == "transpose":
+        return tf.transpose(x, (0, *(a + 1 for a in op.perm)))
+    if kind == "repeat_vector":
+        return tf.repeat(x[:, None, :], op.n, axis=1)
+    if kind == "concat":
+        return tf.concat(xs, axis=op.axis % (rank - 1) + 1)
     if kind == "flatten":
         return tf.reshape(xs[0], (xs[0].shape[0], -1))
     if kind == "reshape":
         return tf.reshape(xs[0], (xs[0].shape[0], *op.target_shape))
-    if kind == "add":
-        return tf.add_n(xs)
+    if kind in ("add", "average", "multiply", "maximum", "minimum", "subtract"):
+        combine = {"add": tf.add, "average": tf.add, "multiply": tf.multiply, "maximum": tf.maximum,
+                   "minimum": tf.minimum, "subtract": tf.subtract}[kind]
+        out = xs[0]
+        for other in xs[1:]:
+            out = combine(out, other)
+        return out / len(xs) if kind == "average" else out
     if kind == "identity":
         return tf.identity(xs[0])
-    return {"relu": tf.nn.relu, "sigmoid": tf.nn.sigmoid, "tanh": tf.nn.tanh, "softmax": tf.nn.softmax}[kind](xs[0])
+    if kind == "relu":
+        return tf.nn.relu(x) if op.plain else _tf_keras_relu(tf, x, op)
+    if kind == "prelu":
+        return tf.where(x >= 0, x, params["alpha"] * x)
+    if kind == "rescale":
+        return x * tf.constant(op.scale, tf.float64) + tf.constant(op.offset, tf.float64)
+    if kind == "elu":
+        return tf.where(x > 0, x, op.alpha * (tf.exp(tf.minimum(x, 0.0)) - 1.0))
+    if kind == "gelu":
+        return tf.nn.gelu(x, approximate=op.approximate)
+    if kind == "hard_sigmoid":
+        return tf.clip_by_value(x / 6.0 + 0.5, 0.0, 1.0)
+    if kind == "hard_silu":
+        return x * tf.clip_by_value(x / 6.0 + 0.5, 0.0, 1.0)
+    if kind == "softmax":
+        return tf.nn.softmax(x, axis=op.axis % (rank - 1) + 1)
+    if kind == "batch_norm":
+        shape = [1] * rank
+        shape[op.axis % (rank - 1) + 1] = params["gamma"].shape[0]
+        g, b, m, v = (tf.reshape(params[r], shape) for r in ("gamma", "beta", "moving_mean", "moving_variance"))
+        return g * (x - m) / tf.sqrt(v + op.epsilon) + b
+    return {"relu": tf.nn.relu, "sigmoid": tf.nn.sigmoid, "tanh": tf.nn.tanh, "silu": tf.nn.silu,
+            "softplus": tf.nn.softplus, "softsign": tf.nn.softsign}[kind](x)
 
 
 def tf_gradients(program: Program, weights: Mapping, inputs: Mapping, seeds: Mapping[str, np.ndarray]):
@@ -102,7 +180,8 @@ def secure_gradients(kernels, program: Program, weights: Mapping, inputs: Mappin
         if ctx.in_protocol:
             values, caches = secure_forward(ctx, program, params, xs, training=True)
             pg, ig = secure_backward(ctx, program, params, values, caches, {out_name: grad_y}, wrt=tuple(names))
-        out_p = {p: reveal_to(ctx, pg.get(p), (client,), p) for p in sorted(program.graph.parameters)}
+        trainable = sorted(p for p, spec in program.graph.parameters.items() if spec.trainable)
+        out_p = {p: reveal_to(ctx, pg.get(p), (client,), p) for p in trainable}
         out_i = {v: reveal_to(ctx, ig.get(v), (client,), v) for v in names}
         return out_p, out_i
 

@@ -1,0 +1,253 @@
+"""Float64 backward rules of the opset-v2 ops: the oracle of their secure twins in
+``bridge.mpc.backward_v2``, checked against TensorFlow's autodiff in tests/training.
+
+Importing this module registers the rules in ``reference_train.REFERENCE_BACKWARD``
+(``reference_train`` imports it, so the table is always complete).  Each rule has the
+signature of ``reference_train.ReferenceBackward``: (node, inputs, output, params, dy)
+-> (input gradients, parameter gradients by role).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bridge.ir import Node
+from bridge.reference_train import (
+    REFERENCE_BACKWARD,
+    Arrays,
+    ReferenceBackward,
+    _avg_pool2d,
+    _conv2d,
+    _max_pool2d,
+    unbroadcast,
+)
+
+Grads = tuple[list[np.ndarray], Arrays]
+
+
+def _full_axis(axis: int, ndim: int) -> int:
+    return axis % (ndim - 1) + 1
+
+
+# -- linear and shape ops --------------------------------------------------------------------------
+
+def _pad(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    index = tuple(slice(b, d - a) for d, (b, a) in zip(dy.shape[1:], node.op.pads, strict=True))
+    return [dy[(slice(None), *index)]], {}
+
+
+def _crop(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    return [np.pad(dy, [(0, 0), *node.op.crops])], {}
+
+
+def _transpose(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    inverse = np.argsort(node.op.perm)
+    return [dy.transpose(0, *(int(a) + 1 for a in inverse))], {}
+
+
+def _repeat_vector(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    return [dy.sum(axis=1)], {}
+
+
+def _concat(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    axis = _full_axis(node.op.axis, dy.ndim)
+    ends = np.cumsum([x.shape[axis] for x in xs])[:-1]
+    return list(np.split(dy, ends, axis=axis)), {}
+
+
+def _subtract(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    return [unbroadcast(dy, xs[0].shape), unbroadcast(-dy, xs[1].shape)], {}
+
+
+def _multiply(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    out = []
+    for i, x in enumerate(xs):
+        others = dy
+        for j, other in enumerate(xs):
+            if j != i:
+                others = others * other
+        out.append(unbroadcast(others, x.shape))
+    return out, {}
+
+
+def _average(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    return [unbroadcast(dy / len(xs), x.shape) for x in xs], {}
+
+
+def _extremum(largest: bool) -> ReferenceBackward:
+    """max (min) folded left to right, as the secure forward: each step's winner takes the
+    gradient; ties go to the running result for max, to the new input for min."""
+
+    def rule(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+        running, bits = xs[0], []
+        for x in xs[1:]:
+            bit = running >= x
+            bits.append(bit)
+            running = np.where(bit, running, x) if largest else np.where(bit, x, running)
+        grads: list[np.ndarray] = [np.zeros_like(x) for x in xs]
+        g = dy
+        for i in range(len(xs) - 1, 0, -1):
+            keep = bits[i - 1] if largest else ~bits[i - 1]
+            grads[i] = np.where(keep, 0.0, g)
+            g = np.where(keep, g, 0.0)
+        grads[0] = g
+        return grads, {}
+
+    return rule
+
+
+def _rescale(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    return [dy * np.asarray(node.op.scale, dtype=np.float64)], {}
+
+
+# -- pools and upsampling --------------------------------------------------------------------------
+
+def _via_2d(rule2d: ReferenceBackward) -> ReferenceBackward:
+    """A 1-D op's gradient through its 2-D form on (n, 1, steps, C) images."""
+
+    def rule(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+        lifted = node.model_copy(update={"op": node.op.as_2d()})
+        params = {r: (v[None] if r == "kernel" else v) for r, v in p.items()}
+        dxs, grads = rule2d(lifted, [xs[0][:, None]], y[:, None], params, dy[:, None])
+        return [dxs[0][:, 0]], {r: (g[0] if r == "kernel" else g) for r, g in grads.items()}
+
+    return rule
+
+
+def _global_avg(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    x = xs[0]
+    cells = int(np.prod(x.shape[1:-1]))
+    per_channel = dy.reshape(x.shape[0], *(1,) * (x.ndim - 2), x.shape[-1]) / cells
+    return [np.broadcast_to(per_channel, x.shape).copy()], {}
+
+
+def _global_max(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    """The gradient goes to the first maximal cell of each channel (TensorFlow's choice)."""
+    x = xs[0]
+    n, c = x.shape[0], x.shape[-1]
+    flat = x.reshape(n, -1, c)
+    winner = np.argmax(flat, axis=1)
+    one_hot = np.arange(flat.shape[1]).reshape(1, -1, 1) == winner[:, None, :]
+    return [(one_hot * dy.reshape(n, 1, c)).reshape(x.shape)], {}
+
+
+def _upsample(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    """Each input cell was repeated size times per spatial axis: sum its copies."""
+    x = xs[0]
+    sizes = node.op.size if isinstance(node.op.size, tuple) else (node.op.size,)
+    split = [x.shape[0]]
+    for dim, size in zip(x.shape[1:-1], sizes, strict=True):
+        split += [dim, size]
+    summed = dy.reshape(*split, x.shape[-1]).sum(axis=tuple(range(2, 2 * len(sizes) + 1, 2)))
+    return [summed], {}
+
+
+# -- elementwise activations -------------------------------------------------------------------------
+
+def _relu(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    """Keras' relu: slope 1 on (threshold, max_value), negative_slope below, 0 from max_value on."""
+    op, x = node.op, xs[0]
+    if op.plain:
+        return [dy * (x > 0)], {}
+    slope = np.where(x > op.threshold, 1.0, op.negative_slope)
+    if op.max_value is not None:
+        slope = np.where(x >= op.max_value, 0.0, slope)
+    return [dy * slope], {}
+
+
+def _prelu(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    x, alpha = xs[0], p["alpha"]
+    dalpha = unbroadcast(dy * np.minimum(x, 0.0), (1, *alpha.shape)).reshape(alpha.shape)
+    return [dy * np.where(x >= 0, 1.0, alpha)], {"alpha": dalpha}
+
+
+def _elu(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    return [dy * np.where(xs[0] > 0, 1.0, y + node.op.alpha)], {}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def _gelu(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    x = xs[0]
+    if node.op.approximate:
+        t = np.tanh(_GELU_C * (x + 0.044715 * x**3))
+        slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * x**2)
+    else:
+        cdf = 0.5 * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+        slope = cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return [dy * slope], {}
+
+
+def _silu(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    s = _sigmoid(xs[0])
+    return [dy * (s + xs[0] * s * (1 - s))], {}
+
+
+def _hard_sigmoid(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    x = xs[0]
+    return [dy * np.where((x > -3.0) & (x < 3.0), 1.0 / 6.0, 0.0)], {}
+
+
+def _hard_silu(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    x = xs[0]
+    inside = (x > -3.0) & (x < 3.0)
+    return [dy * (np.clip(x / 6.0 + 0.5, 0.0, 1.0) + np.where(inside, x / 6.0, 0.0))], {}
+
+
+def _softplus(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    return [dy * _sigmoid(xs[0])], {}
+
+
+def _softsign(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    return [dy / (1.0 + np.abs(xs[0])) ** 2], {}
+
+
+def _softmax(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    axis = _full_axis(node.op.axis, y.ndim)
+    return [y * (dy - np.sum(dy * y, axis=axis, keepdims=True))], {}
+
+
+RULES: dict[str, ReferenceBackward] = {
+    "relu": _relu,
+    "softmax": _softmax,
+    "conv1d": _via_2d(_conv2d),
+    "depthwise_conv2d": _conv2d,
+    "depthwise_conv1d": _via_2d(_conv2d),
+    "avg_pool1d": _via_2d(_avg_pool2d),
+    "max_pool1d": _via_2d(_max_pool2d),
+    "global_avg_pool2d": _global_avg,
+    "global_max_pool2d": _global_max,
+    "global_avg_pool1d": _global_avg,
+    "global_max_pool1d": _global_max,
+    "upsample2d": _upsample,
+    "upsample1d": _upsample,
+    "pad": _pad,
+    "crop": _crop,
+    "transpose": _transpose,
+    "repeat_vector": _repeat_vector,
+    "concat": _concat,
+    "subtract": _subtract,
+    "multiply": _multiply,
+    "average": _average,
+    "maximum": _extremum(largest=True),
+    "minimum": _extremum(largest=False),
+    "prelu": _prelu,
+    "rescale": _rescale,
+    "elu": _elu,
+    "gelu": _gelu,
+    "silu": _silu,
+    "hard_sigmoid": _hard_sigmoid,
+    "hard_silu": _hard_silu,
+    "softplus": _softplus,
+    "softsign": _softsign,
+}
+
+REFERENCE_BACKWARD.update(RULES)
