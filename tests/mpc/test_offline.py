@@ -201,3 +201,47 @@ def test_precomputed_query_costs_the_documented_rounds(secure_backend):
             [inline.total_bytes(p, ("share:",)) for p in ("server0", "server1")]
     finally:
         executable.close()
+
+
+#: op kinds whose precomputed query runs in the default run; every conformance case runs under -m slow
+SAMPLE_KINDS = ("conv2d", "max_pool2d", "softmax", "layer_norm", "multi_head_attention", "lstm")
+
+
+def _conformance(kinds: tuple[str, ...] | None) -> list:
+    from tests.conformance.cases import all_cases
+
+    cases = all_cases()
+    if kinds is None:
+        return cases
+    return [next(c for c in cases if c.kind == kind) for kind in kinds if any(c.kind == kind for c in cases)]
+
+
+def _precomputed_matches_reference(backend, case) -> None:
+    """The dealer's recorded part and the traced tensors fit the op's query exactly (a dealer
+    path that asked for other material than the compute parties' would fail the trace)."""
+    from tests.conformance.cases import TOLERANCE
+
+    executable = backend.prepare(case.program, case.weights)
+    try:
+        batch = next(iter(case.inputs.values())).shape[0]
+        executable.precompute(batch, runs=1)
+        got = executable.run(case.inputs).outputs["y"]
+        assert all(executable.last_material.values()), (case.name, executable.last_material)
+    finally:
+        executable.close()
+    expected = run_reference(case.program, case.weights, case.inputs)["y"]
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE[case.kind], rtol=0, err_msg=case.name)
+
+
+@pytest.mark.parametrize("kind", SAMPLE_KINDS)
+def test_precomputed_ops_match_reference(secure_backend, kind):
+    cases = _conformance((kind,))
+    if not cases:
+        pytest.skip(f"no conformance case of kind {kind!r}")
+    _precomputed_matches_reference(secure_backend, cases[0])
+
+
+@pytest.mark.slow
+def test_every_conformance_case_runs_from_precomputed_material(secure_backend):
+    for case in _conformance(None):
+        _precomputed_matches_reference(secure_backend, case)
