@@ -18,7 +18,9 @@ import numpy as np
 from bridge.im2col import extract_patches, im2col_plan
 from bridge.ir import Node, Program, validate_program, validate_weights
 from bridge.ir import ops as irops
+from bridge.ir.tokens import one_hot_inputs
 from bridge.reference_attention import RULES as ATTENTION_RULES
+from bridge.reference_recurrent import RULES as RECURRENT_RULES
 
 Arrays = dict[str, np.ndarray]
 ForwardRule = Callable[[Node, list[np.ndarray], Arrays], np.ndarray]
@@ -313,6 +315,7 @@ REFERENCE_FORWARD: dict[str, ForwardRule] = {
     "softplus": _softplus,
     "softsign": _softsign,
     **ATTENTION_RULES,
+    **RECURRENT_RULES,
 }
 
 
@@ -329,6 +332,7 @@ def check_inputs(program: Program, inputs: Mapping[str, np.ndarray]) -> Arrays:
         raise InputValidationError(
             f"inputs must be a dict {{name: array}} with keys {list(specs)}, received {type(inputs).__name__}"
         )
+    inputs = one_hot_inputs(program.graph, inputs)  # token ids -> one-hot rows, ids checked
     missing = [name for name in specs if name not in inputs]
     if missing:
         raise InputValidationError(

@@ -12,12 +12,15 @@ Dim = int | None
 
 
 class TensorSpec(BaseModel):
-    """A value's shape (dim 0 is the free batch dimension, written None) and dtype."""
+    """A value's shape (dim 0 is the free batch dimension, written None) and dtype.
+
+    dtype "int32" (graph inputs only) declares token ids: the caller passes ids of shape
+    ``shape[:-1]`` and the data owner one-hot encodes them to ``shape`` (``bridge.ir.tokens``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     shape: tuple[Dim, ...]
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: Literal["float32", "float64", "int32"] = "float32"
 
     @property
     def feature_shape(self) -> tuple[int, ...]:

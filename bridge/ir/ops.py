@@ -545,6 +545,67 @@ class Conv2DTranspose(_Op):
         return ("kernel", "bias") if self.use_bias else ("kernel",)
 
 
+#: activations a recurrent cell may use (Keras names); ``bridge.mpc.recurrent`` computes each
+RecurrentActivation = Literal["tanh", "sigmoid", "relu", "linear", "hard_sigmoid"]
+
+
+class Embedding(_Op):
+    """Keras Embedding on token ids.  The input is a token graph input (``TensorSpec`` dtype
+    "int32"): the data owner one-hot encodes its ids, so the value is (steps, vocabulary) and the
+    lookup is one_hot @ embeddings (see ``bridge.ir.tokens``)."""
+
+    kind: Literal["embedding"] = "embedding"
+
+    @property
+    def param_roles(self) -> tuple[str, ...]:
+        return ("embeddings",)
+
+
+class _Recurrent(_Op):
+    """A Keras recurrent layer over (batch, steps, features), unrolled over the steps.
+    ``go_backwards`` reads the steps last to first and, as Keras does, returns the sequence in
+    that (reversed) order; ``return_sequences`` returns every step's state, else the last."""
+
+    units: int = Field(gt=0)
+    activation: RecurrentActivation = "tanh"
+    use_bias: bool = True
+    return_sequences: bool = False
+    go_backwards: bool = False
+
+    @property
+    def param_roles(self) -> tuple[str, ...]:
+        return ("kernel", "recurrent_kernel", "bias") if self.use_bias else ("kernel", "recurrent_kernel")
+
+
+class SimpleRNN(_Recurrent):
+    """h_t = activation(x_t W + h_(t-1) U + b)."""
+
+    kind: Literal["simple_rnn"] = "simple_rnn"
+
+
+class LSTM(_Recurrent):
+    """Keras LSTM, gates in Keras' order (i, f, c, o): kernels (F, 4U), (U, 4U), bias (4U,)."""
+
+    kind: Literal["lstm"] = "lstm"
+    recurrent_activation: RecurrentActivation = "sigmoid"
+
+
+class GRU(_Recurrent):
+    """Keras GRU, gates (z, r, h): kernels (F, 3U), (U, 3U); bias (3U,), or (2, 3U) (input and
+    recurrent biases) with ``reset_after``, where the reset gate multiplies h U_h + b_h."""
+
+    kind: Literal["gru"] = "gru"
+    recurrent_activation: RecurrentActivation = "sigmoid"
+    reset_after: bool = True
+
+
+class Reverse(_Op):
+    """Reverse one feature axis (the backward half of a Bidirectional layer)."""
+
+    kind: Literal["reverse"] = "reverse"
+    axis: int = 0
+
+
 Op = Annotated[
     Union[
         Dense,
@@ -599,6 +660,11 @@ Op = Annotated[
         ReduceMean,
         Exp,
         Conv2DTranspose,
+        Embedding,
+        SimpleRNN,
+        LSTM,
+        GRU,
+        Reverse,
     ],
     Field(discriminator="kind"),
 ]
@@ -634,6 +700,7 @@ TRAINABLE_V2: frozenset[str] = frozenset({
     "global_avg_pool1d", "global_max_pool1d", "upsample2d", "upsample1d", "pad", "crop", "transpose",
     "repeat_vector", "concat", "subtract", "multiply", "average", "maximum", "minimum", "prelu", "rescale",
     "elu", "gelu", "silu", "hard_sigmoid", "hard_silu", "softplus", "softsign",
+    "layer_norm", "layer_scale", "reduce_sum", "reduce_mean", "exp", "matmul",
 })
 
 #: why a serving-only kind stays so, where there is more to say than that its rule is not written

@@ -305,6 +305,11 @@ from bridge.ir.shapes_attention import RULES as _ATTENTION_RULES  # noqa: E402
 
 SHAPE_RULES.update(_ATTENTION_RULES)
 
+# Embedding, SimpleRNN/LSTM/GRU, Reverse
+from bridge.ir.shapes_recurrent import RULES as _RECURRENT_RULES  # noqa: E402
+
+SHAPE_RULES.update(_RECURRENT_RULES)
+
 
 def infer_shape(op, input_shapes: list[Shape], param_shapes: dict[str, Shape]) -> Shape:
     return SHAPE_RULES[op.kind](op, input_shapes, param_shapes)

@@ -52,7 +52,7 @@ def one_hot(name: str, ids: np.ndarray, spec: TensorSpec) -> np.ndarray:
         if not np.all(np.isfinite(raw)) or np.any(raw != np.round(raw)):
             bad = tuple(int(i) for i in np.argwhere(~np.isfinite(raw) | (raw != np.round(raw)))[0])
             raise TokenInputError(
-                f"input {name!r} holds token ids, which are integers; received {raw[bad]!r} "
+                f"input {name!r} holds token ids, which are integers; received {raw[bad].item()!r} "
                 f"at index {bad}. Pass integer ids (e.g. from the tokenizer or TextVectorization)."
             )
     elif raw.dtype.kind not in "iub":
@@ -63,7 +63,7 @@ def one_hot(name: str, ids: np.ndarray, spec: TensorSpec) -> np.ndarray:
         first = tuple(int(i) for i in where[0])
         raise TokenInputError(
             f"input {name!r}: token ids must be in [0, {depth}) (the Embedding's input_dim); received "
-            f"{raw[first]!r} at index {first} ({len(where)} of {raw.size} ids out of range). Map unknown "
+            f"{raw[first].item()!r} at index {first} ({len(where)} of {raw.size} ids out of range). Map unknown "
             "tokens to an out-of-vocabulary id below input_dim, as the tokenizer used in training did."
         )
     index = raw.astype(np.int64)

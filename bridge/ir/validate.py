@@ -14,6 +14,7 @@ from bridge.ir.graph import Graph, TensorSpec
 from bridge.ir.placement import Placement, Role
 from bridge.ir.program import Program
 from bridge.ir.shapes import Shape, ShapeError, infer_shape
+from bridge.ir.tokens import check_token_graph
 
 
 class IRValidationError(ValueError):
@@ -140,7 +141,13 @@ def validate_graph(graph: Graph) -> dict[str, Shape]:
     if duplicates:
         raise IRValidationError(f"duplicate node names {duplicates}; node names must be unique")
     shapes = infer_value_shapes(graph)
+    try:
+        check_token_graph(graph)
+    except ValueError as exc:
+        raise IRValidationError(str(exc)) from exc
     for name, spec in graph.outputs.items():
+        if spec.dtype == "int32":
+            raise IRValidationError(f"graph output {name!r} is declared int32; outputs are real numbers")
         if name not in shapes:
             raise IRValidationError(f"graph output {name!r} is produced by no node (dangling value name)")
         if spec.feature_shape != shapes[name]:

@@ -18,6 +18,7 @@ from bridge.im2col import Im2ColPlan, im2col_plan
 from bridge.ir import Node, Program
 from bridge.ir import ops as irops
 from bridge.mpc import activations, attention, conv_transpose, functions, normalization
+from bridge.mpc import recurrent  # Embedding, SimpleRNN/LSTM/GRU, Reverse
 from bridge.mpc.compare import ge_zero, mul_bit
 from bridge.mpc.kernels import RingKernels, Tensor
 from bridge.mpc.party import PartyContext
@@ -69,6 +70,7 @@ MASKED_ROLES: dict[str, tuple[str, ...]] = {
     **normalization.MASKED_ROLES,
     **attention.MASKED_ROLES,
     **conv_transpose.MASKED_ROLES,
+    **recurrent.MASKED_ROLES,
 }
 
 
@@ -572,6 +574,7 @@ SECURE_FORWARD: dict[str, ForwardRule] = {
     **normalization.RULES,
     **attention.RULES,
     **conv_transpose.RULES,
+    **recurrent.RULES,
 }
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from bridge.backend import BackendError, Executable, RunResult
 from bridge.ir import Program, validate_program, validate_weights
+from bridge.ir.tokens import one_hot_inputs
 from bridge.mpc.comm import CommStats
 from bridge.mpc.fixedpoint import encode
 from bridge.mpc.kernels import RingKernels
@@ -224,6 +225,7 @@ class SecureExecutable(Executable):
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
         """Serve one batch.  ``outputs`` holds what the local receivers got (all, embedded)."""
+        inputs = one_hot_inputs(self.program.graph, inputs)  # token ids -> one-hot rows at the data owner
         batch = check_inputs(self.program, inputs)
         arrays = self._encode_local_inputs(inputs)
         before = self.parties.stats.snapshot()

@@ -61,6 +61,19 @@ def finish_inputs(inputs: dict[str, TensorSpec], b: _Builder) -> dict[str, Tenso
     return out
 
 
+def check_masking(model: Any) -> None:
+    """Refuse Embedding(mask_zero=True) by name before the graph walk meets the mask's operations."""
+    for layer in getattr(model, "layers", []):
+        if type(layer).__name__ == "Embedding" and getattr(layer, "mask_zero", False):
+            from frontends.keras.importer import UnsupportedLayerError
+
+            raise UnsupportedLayerError(
+                layer.name, "Embedding", "mask_zero=True",
+                "mask_zero=False only (masking is not implemented); pad with a token the model was trained "
+                "on, or drop the padding before the model",
+            )
+
+
 def check_token_reader(call: _Call, b: _Builder) -> None:
     """Token ids go to Embedding layers only: the servers never hold an id."""
     if call.kind == "Embedding":

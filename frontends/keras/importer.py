@@ -72,6 +72,8 @@ class _Builder:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     #: value name -> feature shape (no batch dimension)
     shapes: dict[str, Shape] = field(default_factory=dict)
+    #: integer (token) graph input -> the vocabulary of the Embedding reading it (None until read)
+    tokens: dict[str, int | None] = field(default_factory=dict)
 
     def emit(self, name: str, op: Any, inputs: list[str], output: str, params: dict[str, str] | None = None) -> str:
         params = params or {}
@@ -699,6 +701,7 @@ def _apply(layer: Any, inputs: list[str], output: str, node: str, b: _Builder,
            kwargs: dict[str, Any] | None = None) -> None:
     _check_layer(layer)
     call = _Call(layer, _options(layer), inputs, output, node, dict(kwargs or {}))
+    import_recurrent.check_token_reader(call, b)
     LAYER_RULES[call.kind](call, b)
 
 
@@ -867,8 +870,11 @@ def _input_spec(name: str, batch_shape: Any, dtype: Any) -> TensorSpec:
             name, "InputLayer", f"shape {shape}", "inputs of fixed feature shape (only the batch dimension may be None)"
         )
     dtype = getattr(dtype, "name", dtype)
+    if dtype in import_recurrent.INT_DTYPES:  # token ids: the one-hot axis is added by the Embedding
+        return TensorSpec(shape=(None, *(int(d) for d in shape[1:])), dtype="int32")
     if dtype not in ("float32", "float64"):
-        raise UnsupportedLayerError(name, "InputLayer", f"dtype={dtype!r}", "float32 or float64 inputs only")
+        raise UnsupportedLayerError(name, "InputLayer", f"dtype={dtype!r}",
+                                    "float32 or float64 inputs, or integer token ids read by an Embedding")
     return TensorSpec(shape=(None, *(int(d) for d in shape[1:])), dtype=dtype)
 
 
@@ -885,7 +891,7 @@ def _sequential(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[st
         )
     first = stack[0]
     spec = _input_spec(first.name, first.batch_shape, first.dtype)
-    b.shapes[first.name] = spec.feature_shape
+    import_recurrent.register_input(b, first.name, spec)
     value = first.name
     for layer in model.layers:
         _apply(layer, [value], layer.name, layer.name, b)
@@ -936,7 +942,7 @@ def _functional(model: Any, b: _Builder) -> tuple[dict[str, TensorSpec], list[st
         name, kind = operation.name, type(operation).__name__
         if kind == "InputLayer":
             specs[name] = _input_spec(name, operation.batch_shape, operation.dtype)
-            b.shapes[name] = specs[name].feature_shape
+            import_recurrent.register_input(b, name, specs[name])
             values[(name, 0)] = name
             continue
         if not isinstance(operation, keras.layers.Layer) and kind not in OPERATION_RULES:
@@ -993,6 +999,12 @@ OPERATION_RULES.update(import_attention.OPERATION_RULES)
 ACTIVATIONS.update(import_attention.ACTIVATIONS)
 SUPPORTED_ACTIVATIONS = f"activation in {['linear', *ACTIVATIONS]}"
 
+# Embedding (integer token inputs), SimpleRNN, LSTM, GRU, Bidirectional, TimeDistributed
+from frontends.keras import import_recurrent  # noqa: E402 (it imports this module)
+
+LAYER_RULES.update(import_recurrent.LAYER_RULES)
+LAYER_OPTIONS.update(import_recurrent.LAYER_OPTIONS)
+
 
 def to_ir(
     model: Any,
@@ -1011,6 +1023,7 @@ def to_ir(
     import keras
 
     b = _Builder()
+    import_recurrent.check_masking(model)
     if isinstance(model, keras.Sequential):
         inputs, outputs = _sequential(model, b)
     elif isinstance(model, keras.Model) and type(model).__name__ == "Functional":
@@ -1021,6 +1034,7 @@ def to_ir(
             "Subclassed models have no inspectable graph: rebuild the model with keras.Sequential "
             "or keras.Model(inputs, outputs)."
         )
+    inputs = import_recurrent.finish_inputs(inputs, b)  # token inputs get their one-hot axis
     graph = Graph(
         inputs=inputs,
         outputs={v: TensorSpec(shape=(None, *b.shapes[v])) for v in outputs},

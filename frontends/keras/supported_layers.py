@@ -71,6 +71,13 @@ LAYER_OPS: dict[str, tuple[str, ...]] = {
     "Conv2DTranspose": ("conv2d_transpose",),
     "LayerScale": ("layer_scale",),
     "StochasticDepth": ("identity",),
+    "Sequential": (),
+    "Embedding": ("embedding",),
+    "SimpleRNN": ("simple_rnn",),
+    "LSTM": ("lstm",),
+    "GRU": ("gru",),
+    "Bidirectional": ("lstm", "reverse"),
+    "TimeDistributed": ("conv1d",),
 }
 
 #: kinds whose backward rule refuses for a reason other than SERVING_ONLY
@@ -94,6 +101,15 @@ _NOTES: dict[str, str] = {
     "LayerScale": "keras.applications.convnext's LayerScale",
     "StochasticDepth": "keras.applications.convnext's StochasticDepth (identity at inference)",
     "Dense": "on the last axis of inputs of any rank",
+    "Sequential": "a Sequential used as a layer: its layers inlined (layer names unique across the model)",
+    "Embedding": "int32 token inputs, one-hot encoded by the data owner (servers learn steps and vocabulary "
+                 "size, never an id); ids outside [0, input_dim) refused; mask_zero refused",
+    "SimpleRNN": "unrolled; activation tanh/sigmoid/relu/linear/hard_sigmoid; return_state, stateful refused",
+    "LSTM": "unrolled, 59 rounds per step; error grows with the steps where the recurrence is not contractive "
+            "(README, sequence models); return_state, stateful refused",
+    "GRU": "reset_after True and False; as LSTM otherwise",
+    "Bidirectional": "over SimpleRNN/LSTM/GRU; merge_mode concat, sum, ave, mul (None refused)",
+    "TimeDistributed": "over Dense (a width-1 Conv1D), Dropout-like layers and Activation",
 }
 
 
@@ -119,7 +135,8 @@ def markdown_table() -> str:
     operations = ", ".join(f"`{name}`" for name in sorted(OPERATION_RULES))
     rows.append("")
     rows.append(f"keras.ops operations read from functional graphs: {operations}.")
-    rows.append("Lambda layers, nested models and subclassed models are refused with a message naming the layer.")
+    rows.append("Lambda layers, nested functional models and subclassed models are refused with a message naming "
+                "the layer.")
     return "\n".join(rows)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from bridge.ir import Graph, Node, ParamSpec, Placement, PrivacyMode, Program, TensorSpec
 from bridge.ir import ops as irops
 from bridge.ir.validate import validate_graph
-from tests.conformance import cases_attention
+from tests.conformance import cases_attention, cases_recurrent
 
 #: max |backend - reference| per op kind, from each protocol's documented error
 #: (fixed-point rounding 2^-16 per product, approximations in bridge.mpc.functions)
@@ -48,6 +48,7 @@ TOLERANCE: dict[str, float] = {
 }
 
 TOLERANCE.update(cases_attention.TOLERANCE)
+TOLERANCE.update(cases_recurrent.TOLERANCE)
 
 
 @dataclass(frozen=True)
@@ -181,4 +182,5 @@ def all_cases() -> list[Case]:
         _case("softplus", irops.Softplus(), [(12,)], scale=3.0),
         _case("softsign", irops.Softsign(), [(12,)], scale=4.0),
         *cases_attention.cases(),
+        *cases_recurrent.cases(),
     ]
