@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from bridge.ir import Node
+from bridge.ir.shapes_attention import layer_norm_axes, reduced_axes
 from bridge.reference_train import (
     REFERENCE_BACKWARD,
     Arrays,
@@ -215,7 +216,63 @@ def _softmax(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.
     return [y * (dy - np.sum(dy * y, axis=axis, keepdims=True))], {}
 
 
+# -- normalization, products and reductions (opset v2, second round) --------------------------------
+
+def _layer_norm(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    """x-hat = (x - mean) r, r = 1 / sqrt(var + eps) over the normalized axes (N values):
+    dx = r (g - mean(g) - x-hat mean(g x-hat)) with g = dy gamma; d gamma = sum dy x-hat and
+    d beta = sum dy over the other axes."""
+    op, x = node.op, xs[0]
+    axes = tuple(a + 1 for a in layer_norm_axes(op, x.ndim - 1))
+    other = tuple(a for a in range(x.ndim) if a not in axes)
+    mean = x.mean(axis=axes, keepdims=True)
+    r = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + op.epsilon)
+    xhat = (x - mean) * r
+    shape = [1] * x.ndim
+    for a in axes:
+        shape[a] = x.shape[a]
+    g = dy * p["gamma"].reshape(shape) if "gamma" in p else dy
+    dx = r * (g - g.mean(axis=axes, keepdims=True) - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+    grads = {}
+    if "gamma" in p:
+        grads["gamma"] = (dy * xhat).sum(axis=other).reshape(p["gamma"].shape)
+    if "beta" in p:
+        grads["beta"] = dy.sum(axis=other).reshape(p["beta"].shape)
+    return [dx], grads
+
+
+def _layer_scale(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    gamma = p["gamma"]
+    return [dy * gamma], {"gamma": (dy * xs[0]).reshape(-1, gamma.shape[0]).sum(axis=0)}
+
+
+def _reduce(mean: bool) -> ReferenceBackward:
+    def rule(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+        x = xs[0]
+        axes = tuple(a + 1 for a in reduced_axes(node.op, x.ndim - 1))
+        kept = dy if node.op.keepdims else np.expand_dims(dy, axes)
+        count = int(np.prod([x.shape[a] for a in axes])) if mean else 1
+        return [np.broadcast_to(kept / count, x.shape).copy()], {}
+
+    return rule
+
+
+def _exp(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    return [dy * y], {}
+
+
+def _matmul(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    a, b = xs
+    return [dy @ np.swapaxes(b, -1, -2), np.swapaxes(a, -1, -2) @ dy], {}
+
+
 RULES: dict[str, ReferenceBackward] = {
+    "layer_norm": _layer_norm,
+    "layer_scale": _layer_scale,
+    "reduce_sum": _reduce(mean=False),
+    "reduce_mean": _reduce(mean=True),
+    "exp": _exp,
+    "matmul": _matmul,
     "relu": _relu,
     "softmax": _softmax,
     "conv1d": _via_2d(_conv2d),

@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from bridge.ir import Node
+from bridge.ir.shapes_attention import layer_norm_axes, reduced_axes
 from bridge.mpc import activations, functions
+from bridge.mpc.attention import batch_matmul_ring
 from bridge.mpc.backward import (
     SECURE_BACKWARD,
     BackwardRule,
@@ -45,6 +47,7 @@ from bridge.mpc.backward import (
 )
 from bridge.mpc.compare import Bits, ge_zero, mul_bit
 from bridge.mpc.layers import LayerEnv, _LiftedParams, reshape_param
+from bridge.mpc.normalization import LN_EXTRA_BITS, div_public
 from bridge.mpc.protocol import (
     Masked,
     Shared,
@@ -404,7 +407,113 @@ def _softmax(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any,
     return [dx if axis == rank - 1 else Shared(k.transpose(dx.share, inverse))], {}
 
 
+# -- normalization, products and reductions ------------------------------------------------------
+
+def _layer_norm(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: tuple[Shared, Shared], dy: Shared,
+                needs: list[bool]) -> Grads:
+    """From the forward's x-hat and s = 1 / sqrt(var + eps) (at f + 6 bits), over the N
+    normalized values of each row: g = dy gamma, dx = s (g - mean(g) - x-hat mean(g x-hat)),
+    d gamma = sum dy x-hat, d beta = sum dy over the other axes.  [dy] is masked once for
+    dx's and d gamma's products (gamma is masked already); means by ``div_public``.
+    Rounds 4, bytes |dy| + 3 |x| (+ |x-hat|).  Error: x-hat's and s's (1.5e-4 and 2^-12
+    relative, ``normalization``) times |g|, plus rounding."""
+    ctx, k, op = env.ctx, env.ctx.kernels, node.op
+    xhat, scale = cache
+    shape = _shape(env, dy)
+    rank = len(shape)
+    axes = tuple(a + 1 for a in layer_norm_axes(op, rank - 1))
+    other = tuple(a for a in range(rank) if a not in axes)
+    count = math.prod(shape[a] for a in axes)
+    row = [1] * rank
+    for a in axes:
+        row[a] = shape[a]
+    grads: dict[str, Shared] = {}
+    with ctx.messenger.label("layer_norm_grad"):
+        dy_masked = mask_operand(ctx, dy)
+        if "gamma" in node.params:
+            gamma = env.param(node, "gamma")
+            gamma = reshape_param(k, gamma if isinstance(gamma, Masked) else mask_operand(ctx, gamma), tuple(row))
+            g = truncate(ctx, masked_product(ctx, dy_masked, gamma, k.mul, shape))
+            d_gamma = truncate(ctx, beaver(ctx, xhat, dy_masked, k.mul, shape))
+            grads["gamma"] = Shared(k.sum(d_gamma.share, axis=other))
+        else:
+            g = dy
+        if "beta" in node.params:
+            grads["beta"] = Shared(k.sum(dy.share, axis=other))
+        mean_g = div_public(ctx, Shared(k.sum(g.share, axis=axes, keepdims=True)), count)
+        mean_gx = div_public(ctx, Shared(k.sum(mul(ctx, g, xhat).share, axis=axes, keepdims=True)), count)
+        inner = sub(ctx, sub(ctx, g, Shared(k.broadcast_to(mean_g.share, shape))), mul(ctx, xhat, mean_gx))
+        dx = truncate(ctx, beaver(ctx, inner, scale, k.mul, shape), ctx.numerics.frac_bits + LN_EXTRA_BITS)
+    return [dx], grads
+
+
+def _layer_scale(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
+                 needs: list[bool]) -> Grads:
+    """dx = dy gamma (gamma masked: no opening), d gamma = sum dy x: [dy] masked once."""
+    ctx, k = env.ctx, env.ctx.kernels
+    shape = _shape(env, dy)
+    gamma = env.param(node, "gamma")
+    gamma = gamma if isinstance(gamma, Masked) else mask_operand(ctx, gamma)
+    channels = _shape(env, gamma.value)[0]
+    with ctx.messenger.label("layer_scale_grad"):
+        dy_masked = mask_operand(ctx, dy)
+        lifted = reshape_param(k, gamma, (1,) * (len(shape) - 1) + (channels,))
+        dx = truncate(ctx, masked_product(ctx, dy_masked, lifted, k.mul, shape))
+        d_gamma = truncate(ctx, beaver(ctx, xs[0], dy_masked, k.mul, shape))
+    return [dx], {"gamma": Shared(k.sum(k.reshape(d_gamma.share, (-1, channels)), axis=0))}
+
+
+def _reduce(mean: bool) -> BackwardRule:
+    """sum: dy broadcast back over the reduced axes (local); mean: also divided by their count."""
+
+    def rule(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
+             needs: list[bool]) -> Grads:
+        ctx, k = env.ctx, env.ctx.kernels
+        shape = _shape(env, xs[0])
+        axes = tuple(a + 1 for a in reduced_axes(node.op, len(shape) - 1))
+        kept = [1 if a in axes else d for a, d in enumerate(shape)]
+        g = Shared(k.reshape(dy.share, tuple(kept)))
+        if mean:
+            g = div_public(ctx, g, math.prod(shape[a] for a in axes))
+        return [Shared(k.broadcast_to(g.share, shape))], {}
+
+    return rule
+
+
+def _exp(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
+         needs: list[bool]) -> Grads:
+    """d e^x = e^x dx: one product with the forward's output."""
+    with env.ctx.messenger.label("exp_grad"):
+        return [mul(env.ctx, dy, y)], {}
+
+
+def _matmul(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
+            needs: list[bool]) -> Grads:
+    """d a = dy b^T, d b = a^T dy (batched over the leading axes): [dy] masked once, each
+    product opens the other operand.  Rounds 2, bytes |dy| + |a| + |b|."""
+    ctx, k = env.ctx, env.ctx.kernels
+    a, b = xs
+    rank = len(_shape(env, a))
+    swap = (*range(rank - 2), rank - 1, rank - 2)
+    out: list[Shared | None] = [None, None]
+    with ctx.messenger.label("matmul_grad"):
+        dy_masked = mask_operand(ctx, dy)
+        if needs[0]:
+            bt = Shared(k.transpose(b.share, swap))
+            out[0] = truncate(ctx, beaver(ctx, bt, dy_masked, lambda u, d: batch_matmul_ring(k, d, u), _shape(env, a)))
+        if needs[1]:
+            at = Shared(k.transpose(a.share, swap))
+            out[1] = truncate(ctx, beaver(ctx, at, dy_masked, lambda u, d: batch_matmul_ring(k, u, d), _shape(env, b)))
+    return out, {}
+
+
 RULES: dict[str, Callable[..., Grads]] = {
+    "layer_norm": _layer_norm,
+    "layer_scale": _layer_scale,
+    "reduce_sum": _reduce(mean=False),
+    "reduce_mean": _reduce(mean=True),
+    "exp": _exp,
+    "matmul": _matmul,
     "relu": _relu,
     "softmax": _softmax,
     "global_avg_pool2d": _global_avg,

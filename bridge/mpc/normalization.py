@@ -107,13 +107,14 @@ def layer_norm(env: Any, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
         numerator = add_public(ctx, Shared(k.zeros(row_shape)), ctx.public(np.array(root_n, dtype=np.int64)))
         scale, _ = functions.div_sqrt(ctx, numerator, f, total, LN_LO_EXP, LN_HI_EXP, wide)
         y = truncate(ctx, beaver(ctx, d, scale, k.mul, shape), f + LN_EXTRA_BITS)
+        normalized = y  # x-hat: the backward pass reads it and the scale (at f + LN_EXTRA_BITS bits)
         params = [1] * len(shape)
         for a in axes:
             params[a] = shape[a]
         y = mul(ctx, y, _broadcast_param(ctx, env.param(node, "gamma"), tuple(params)))
         beta = _value(env.param(node, "beta"))
         y = add(ctx, y, Shared(k.reshape(beta.share, tuple(params))))
-    return y, None
+    return y, (normalized, scale)
 
 
 def layer_scale(env: Any, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:

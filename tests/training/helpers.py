@@ -130,6 +130,28 @@ def tf_forward(node: Node, xs: list, params: Mapping):
         return x * tf.clip_by_value(x / 6.0 + 0.5, 0.0, 1.0)
     if kind == "softmax":
         return tf.nn.softmax(x, axis=op.axis % (rank - 1) + 1)
+    if kind == "layer_norm":
+        from bridge.ir.shapes_attention import layer_norm_axes
+
+        axes = [a + 1 for a in layer_norm_axes(op, rank - 1)]
+        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+        var = tf.reduce_mean((x - mean) ** 2, axis=axes, keepdims=True)
+        shape = [1] * rank
+        for a in axes:
+            shape[a] = x.shape[a]
+        return (x - mean) / tf.sqrt(var + op.epsilon) * tf.reshape(params["gamma"], shape) + tf.reshape(
+            params["beta"], shape)
+    if kind == "layer_scale":
+        return x * params["gamma"]
+    if kind in ("reduce_sum", "reduce_mean"):
+        from bridge.ir.shapes_attention import reduced_axes
+
+        reduce = tf.reduce_sum if kind == "reduce_sum" else tf.reduce_mean
+        return reduce(x, axis=[a + 1 for a in reduced_axes(op, rank - 1)], keepdims=op.keepdims)
+    if kind == "exp":
+        return tf.exp(x)
+    if kind == "matmul":
+        return tf.matmul(xs[0], xs[1])
     if kind == "batch_norm":
         shape = [1] * rank
         shape[op.axis % (rank - 1) + 1] = params["gamma"].shape[0]

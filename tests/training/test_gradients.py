@@ -49,6 +49,12 @@ GRAD_TOLERANCE: dict[str, float] = {
     # derivatives through approximations: exp's 2e-3 (elu), y's 1e-3 (softsign), the sigmoid's 4e-3
     # times |dy| (|dy| <= 3 here) and the slope's growth in |x| (silu, gelu)
     "elu": 5e-3, "softsign": 1e-3, "softplus": 1e-2, "silu": 2e-2, "gelu": 2e-2,
+    # reductions are local (a mean by div_public: N 2^-25 relative); layer_scale, matmul: products
+    "reduce_sum": 1e-4, "reduce_mean": 1e-4, "layer_scale": 1e-3, "matmul": 2e-3,
+    # exp: dy e^x with e^x's error (2e-3 below 0, 1e-3 relative above: e^x <= e^8 here is about 20)
+    "exp": 1e-2,
+    # layer_norm: x-hat's 1.5e-4 and 1/sqrt's 2^-12 relative errors times |g| sqrt(N) / sqrt(var + eps)
+    "layer_norm": 3e-3,
 }
 
 

@@ -230,7 +230,23 @@ def merge_model() -> Model:
     return Model(c.program(out, learning_rate=0.5), c.weights, rng.normal(size=(16, 6)), rng.integers(0, 3, size=16))
 
 
-MODELS = {"sequence": sequence_model, "image": image_model, "merge": merge_model}
+def attention_model() -> Model:
+    """Dense on a sequence, LayerNormalization, a secret x secret matmul (h h^T), LayerScale,
+    keras.ops mean and sum, and the exponential."""
+    c = Chain({"x": (4, 3)}, seed=8)
+    h = c.dense("x", 4)
+    h = c(irops.LayerNorm(epsilon=1e-3), h, gamma=1.0 + c.w(4, scale=0.2), beta=c.w(4, scale=0.2))
+    scores = c(irops.MatMul(), h, c(irops.Transpose(perm=(1, 0)), h))
+    scores = c(irops.LayerScale(), c(irops.Rescale(scale=0.25), scores), gamma=np.full(4, 0.5) + c.w(4, scale=0.1))
+    pooled = c(irops.ReduceMean(axes=(0,)), scores)
+    total = c(irops.ReduceSum(axes=(0,), keepdims=True), scores)
+    h = c(irops.Concat(axis=-1), c(irops.Exp(), pooled), c(irops.Flatten(), total))
+    out = _head(c, h)
+    rng = np.random.default_rng(18)
+    return Model(c.program(out), c.weights, rng.normal(size=(16, 4, 3)), rng.integers(0, 3, size=16))
+
+
+MODELS = {"sequence": sequence_model, "image": image_model, "merge": merge_model, "attention": attention_model}
 STEPS = 2
 BATCH = 8
 
