@@ -30,7 +30,12 @@ APPLICATION_LAYERS: dict[str, str] = {
 
 
 def application_layer(kind: str) -> type | None:
-    """The keras.applications class named ``kind`` that the importer reads, if any."""
+    """The stock class named ``kind`` that is no keras.layers class (a keras.applications layer,
+    or keras.Sequential used as a layer), if the importer reads it."""
+    if kind == "Sequential":
+        import keras
+
+        return keras.Sequential
     module = APPLICATION_LAYERS.get(kind)
     if module is None:
         return None
@@ -150,8 +155,30 @@ def _refuse_torch_same_transpose(call: _Call) -> None:
                           "export under KERAS_BACKEND=tensorflow, whose semantics the IR follows")
 
 
+def _nested_sequential(call: _Call, b: _Builder) -> None:
+    """A Sequential used as a layer (ConvNeXt's stem and downsampling blocks): its layers inlined,
+    each applied by its own rule; node and value names get the Sequential's name as a prefix."""
+    from frontends.keras.importer import _apply
+
+    inner = list(call.layer.layers)
+    if len(call.inputs) != 1 or not inner:
+        raise call.refuse(f"{len(call.inputs)} inputs and {len(inner)} layers", "a nested Sequential of one input "
+                          "and at least one layer")
+    value = call.inputs[0]
+    for i, layer in enumerate(inner):
+        # parameters are named after their layer: an inner layer named like another layer of the
+        # model would read that layer's weights, so it is refused
+        if any(p.startswith(f"{layer.name}/") for p in b.parameters):
+            raise call.refuse(f"an inner layer named {layer.name!r} like another layer of the model",
+                              "layer names unique across the model and its nested Sequentials; rename the layer")
+        out = call.output if i == len(inner) - 1 else f"{call.output}/{layer.name}"
+        _apply(layer, [value], out, f"{call.node}/{layer.name}", b)
+        value = out
+
+
 #: Keras layer class name -> rule
 LAYER_RULES = {
+    "Sequential": _nested_sequential,
     "LayerNormalization": _layer_norm,
     "MultiHeadAttention": _multi_head_attention,
     "Conv2DTranspose": _conv2d_transpose,
@@ -161,6 +188,7 @@ LAYER_RULES = {
 
 #: Keras layer class name -> the options its rule reads (public attributes)
 LAYER_OPTIONS = {
+    "Sequential": (),
     "LayerNormalization": ("axis", "epsilon", "center", "scale", "rms_scaling"),
     "MultiHeadAttention": ("num_heads", "key_dim", "value_dim", "use_bias", "attention_axes", "dropout"),
     "Conv2DTranspose": ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate",

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bridge.ir import Numerics, Placement, PrivacyMode
+from bridge.reference import run_reference
 from frontends.keras import UnsupportedLayerError, to_ir
 from tests.frontends.keras_check import CASES, randomize
 
@@ -214,6 +215,24 @@ def _seq(input_shape, *layers):
     return keras.Sequential([keras.Input(input_shape), *layers])
 
 
+def _nested_functional():
+    x = keras.Input((4,))
+    return keras.Model(x, keras.layers.Dense(2)(x), name="inner")
+
+
+def test_nested_sequential_is_inlined():
+    inner = keras.Sequential([keras.layers.Dense(3, name="a"), keras.layers.LayerNormalization(name="ln")],
+                             name="block")
+    model = _seq((4,), inner, keras.layers.Dense(2, name="out"))
+    program, weights = to_ir(model)
+    assert [(n.name, n.op.kind) for n in program.graph.nodes] == [
+        ("block/a", "dense"), ("block/ln", "layer_norm"), ("out", "dense")]
+    assert set(weights) == {"a/kernel", "a/bias", "ln/gamma", "ln/beta", "out/kernel", "out/bias"}
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    (got,) = run_reference(program, weights, {next(iter(program.graph.inputs)): x}).values()
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
+
+
 def _user_relu():
     def relu(x):  # a user's function that shares a Keras activation's name, not Keras' ReLU
         return 2.0 * x
@@ -277,8 +296,13 @@ REFUSALS = {
         "with the Keras layers or keras.ops calls it computes",
     ),
     "nested_model": (
-        lambda: _seq((4,), keras.Sequential([keras.layers.Dense(2)], name="inner")),
-        "Sequential layer 'inner' is not supported",
+        lambda: _seq((4,), _nested_functional()),
+        "Functional layer 'inner' is not supported",
+    ),
+    "nested_sequential_name_clash": (
+        lambda: _seq((4,), keras.layers.Dense(4, name="d"), keras.Sequential([keras.layers.Dense(2, name="d")],
+                                                                               name="inner")),
+        "Sequential layer 'inner' has an inner layer named 'd' like another layer of the model",
     ),
     "variable_input_shape": (
         lambda: _seq((None, None, 3), keras.layers.GlobalAveragePooling2D()),
