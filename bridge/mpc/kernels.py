@@ -151,8 +151,8 @@ def unpack_bits_np(words: np.ndarray, count: int) -> np.ndarray:
 
 
 def bit_planes_np(values: np.ndarray, nbits: int) -> np.ndarray:
-    """int64 values (n,) -> their low ``nbits`` bits as planes (nbits, ceil(n/64)) of packed words."""
-    n = values.shape[0]
-    bytes_ = np.ascontiguousarray(values.astype("<i8", copy=False)).view(np.uint8).reshape(n, 8)
-    bits = np.unpackbits(bytes_, axis=1, bitorder="little")[:, :nbits]  # (n, nbits)
-    return pack_bits_np(np.ascontiguousarray(bits.T))
+    """int64 values (n,) -> their low ``nbits`` bits as planes (nbits, ceil(n/64)) of packed words
+    (64x64 bit-matrix transposes, ``bridge.mpc.bitslice``: O(n) memory)."""
+    from bridge.mpc.bitslice import bit_planes
+
+    return bit_planes(values, nbits)

@@ -184,11 +184,17 @@ def serving_check_plan(program: Program) -> CheckPlan:
     graph output (a failure inside a nonlinearity shows there)."""
     graph = program.graph
     exact_relu = program.numerics.compare_bits == 64  # else a wrapped x may get a wrong ReLU bit
-    relu_of = {n.inputs[0]: n.output for n in graph.nodes if n.op.kind == "relu" and len(n.inputs) == 1}
+    # |x| = 2 ReLU(x) - x holds for max(x, 0) only: with max_value (relu6) it is 2 max_value - x
+    # above max_value, negative past 2 max_value (an honest query flagged), and a leaky slope
+    # under-reads |x|; such a ReLU's input is checked as any other value
+    relu_of = {n.inputs[0]: n.output for n in graph.nodes
+               if n.op.kind == "relu" and n.op.plain and len(n.inputs) == 1}
     producer = {n.output: n.name for n in graph.nodes}
     nonnegative: set[str] = set()
     for n in graph.nodes:
-        if n.op.kind == "relu" or (n.op.kind in SIGN_PRESERVING_KINDS and all(v in nonnegative for v in n.inputs)):
+        if (n.op.kind == "relu" and n.op.negative_slope == 0.0 and n.op.threshold >= 0.0) or (
+            n.op.kind in SIGN_PRESERVING_KINDS and all(v in nonnegative for v in n.inputs)
+        ):
             nonnegative.add(n.output)
     values = [n.output for n in graph.nodes if n.op.kind not in RANGE_PRESERVING_KINDS]
     values += [v for v in graph.outputs if v in producer and v not in values]
