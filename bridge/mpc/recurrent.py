@@ -10,12 +10,14 @@ Beaver matmul of the one-hot rows with the masked table: 1 round, 8 bytes per on
 Recurrent layers are unrolled over the steps.  The input projection x W + b of every step is
 one matmul before the loop; each step then costs one matmul h U with the recurrent kernel
 (masked once, so only h is opened) and the cell's activations, all gates of one activation
-batched into one call:
-    SimpleRNN   1 + A                         rounds per step (A: 28 for tanh/sigmoid)
-    LSTM        1 + 28 (i, f, g, o) + 1 (f c, i g) + 28 (tanh c) + 1 (o tanh c) = 59
-    GRU         1 + 28 (z, r) + 1 (r (h U_h)) + 28 (candidate) + 1 (blend)       = 59
-(the first step skips the products with the zero initial state).  tanh is 2 sigmoid(2x) - 1,
-so it joins the gates' sigmoid call.
+batched into one call (tanh is 2 sigmoid(2x) - 1, so it joins the gates' sigmoid call; a
+sigmoid is 27 rounds).  Rounds per step after the first, counted (``tests/conformance/
+test_recurrent.py`` asserts them):
+    SimpleRNN   1 (h U) + 27 (activation)                                          = 28
+    LSTM        1 + 27 (i, f, g, o) + 1 (f c, i g) + 27 (tanh c) + 1 (o tanh c)    = 57
+    GRU         1 + 27 (z, r) + 1 (r (h U_h)) + 27 (candidate) + 1 (blend)         = 57
+                (reset_after=False: r h before its matmul, one more round: 58)
+The first step skips the products with the zero initial state.
 
 Error (16 fractional bits): each sigmoid is within 4e-3 of the exact value, tanh within 8e-3
 (``functions.sigmoid``); a recurrence carries the error of step t - 1 into step t through

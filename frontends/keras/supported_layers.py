@@ -105,7 +105,7 @@ _NOTES: dict[str, str] = {
     "Embedding": "int32 token inputs, one-hot encoded by the data owner (servers learn steps and vocabulary "
                  "size, never an id); ids outside [0, input_dim) refused; mask_zero refused",
     "SimpleRNN": "unrolled; activation tanh/sigmoid/relu/linear/hard_sigmoid; return_state, stateful refused",
-    "LSTM": "unrolled, 59 rounds per step; error grows with the steps where the recurrence is not contractive "
+    "LSTM": "unrolled, 57 rounds per step; error grows with the steps where the recurrence is not contractive "
             "(README, sequence models); return_state, stateful refused",
     "GRU": "reset_after True and False; as LSTM otherwise",
     "Bidirectional": "over SimpleRNN/LSTM/GRU; merge_mode concat, sum, ave, mul (None refused)",

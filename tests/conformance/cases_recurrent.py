@@ -52,7 +52,7 @@ def _program(name: str, nodes: list[Node], inputs: dict[str, TensorSpec], params
                    privacy=PrivacyMode.ENCRYPTED_SERVING)
 
 
-def _recurrent_case(name: str, op, seed: int = 0, features: int = FEATURES):
+def _recurrent_case(name: str, op, seed: int = 0, features: int = FEATURES, steps: int = STEPS):
     from tests.conformance.cases import Case
 
     gates = {"simple_rnn": 1, "lstm": 4, "gru": 3}[op.kind]
@@ -64,8 +64,8 @@ def _recurrent_case(name: str, op, seed: int = 0, features: int = FEATURES):
         params["op/bias"] = _w(*shape, seed=seed + 3, scale=0.3)
     node = Node(name="op", op=op, inputs=("x0",), output="y",
                 params={r: f"op/{r}" for r in op.param_roles})
-    program = _program(name, [node], {"x0": TensorSpec(shape=(None, STEPS, features))}, params)
-    inputs = {"x0": np.random.default_rng(seed).normal(size=(BATCH, STEPS, features))}
+    program = _program(name, [node], {"x0": TensorSpec(shape=(None, steps, features))}, params)
+    inputs = {"x0": np.random.default_rng(seed).normal(size=(BATCH, steps, features))}
     weights = {n: v.astype(np.float32) for n, v in params.items()}
     return Case(name, op.kind, program, weights, inputs)
 

@@ -221,7 +221,7 @@ def test_encrypted_training_refuses_at_privatize(build):
 
     model = build()
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
-    with pytest.raises(TrainingRefused, match="(embedding|lstm).*encrypted serving only"):
+    with pytest.raises(TrainingRefused, match=r"\((gru|lstm)\) cannot be trained encrypted: .*encrypted serving only"):
         privatize(model, privacy="encrypted_training")
 
 
@@ -238,3 +238,31 @@ def test_saturated_pre_activations_are_flagged_not_answered(backend_name):
     private = privatize(model, privacy="encrypted_serving", backend=backend_name, timeout_s=LIVENESS_S)
     with pytest.raises(FixedPointOverflowError, match="'cell'"):
         private.predict(x, verbose=0)
+
+
+# -- cost: rounds per step, exact ------------------------------------------------------------------
+
+#: rounds of one more step (``bridge.mpc.recurrent``): h U, the batched gate sigmoid (27), the cell's
+#: products and the second activation
+ROUNDS_PER_STEP = {"simple_rnn": 28, "lstm": 57, "gru_reset_after": 57, "gru_reset_before": 58}
+
+
+@pytest.mark.parametrize("backend_name", SECURE_BACKENDS)
+@pytest.mark.parametrize("name", list(ROUNDS_PER_STEP))
+def test_rounds_per_step(backend_name, name):
+    from bridge.ir import ops as irops
+    from bridge.registry import get_backend
+    from tests.conformance.cases_recurrent import _recurrent_case
+
+    op = {"simple_rnn": irops.SimpleRNN(units=2), "lstm": irops.LSTM(units=2),
+          "gru_reset_after": irops.GRU(units=2), "gru_reset_before": irops.GRU(units=2, reset_after=False)}[name]
+    rounds = []
+    for steps in (2, 3):
+        case = _recurrent_case(name, op, steps=steps)
+        executable = get_backend(backend_name).prepare(case.program, case.weights)
+        try:
+            stats = executable.run(case.inputs).stats.snapshot()["server0"]
+        finally:
+            executable.close()
+        rounds.append(sum(r for _, r in stats.values()))
+    assert rounds[1] - rounds[0] == ROUNDS_PER_STEP[name]
