@@ -135,10 +135,8 @@ def test_reference_matches_predict(name):
 
 
 @pytest.mark.parametrize("backend_name", SECURE_BACKENDS)
-#: small_image_classifier is left out of encrypted serving: on tf-pond it exceeded the zoo
-#: tolerance (torch-spdz passed); not yet diagnosed
-@pytest.mark.parametrize("name", _params(["timeseries_fcn", "transformer_text_classifier", "causal_transformer",
-                                          "regnet_x_stage", *APPLICATIONS], FAST_ENCRYPTED))
+@pytest.mark.parametrize("name", _params(["timeseries_fcn", "small_image_classifier", "transformer_text_classifier",
+                                          "causal_transformer", "regnet_x_stage", *APPLICATIONS], FAST_ENCRYPTED))
 def test_encrypted_serving_matches_predict(backend_name, name):
     model = _randomize_statistics({**APPLICATIONS, **EXAMPLES}[name]())
     x = _input(model, batch=1 if name in APPLICATIONS else 3)
