@@ -118,3 +118,40 @@ def test_latency_percentiles_and_counters():
     snap = stats.snapshot()
     assert snap["counts"] == {"answered": 4, "requests": 5, "errors": 1}
     assert snap["latency_s"]["p50"] == pytest.approx(0.025) and snap["latency_s"]["p99"] == pytest.approx(0.9709)  # between 30 and 1000 ms, at 0.97 of the way
+
+
+def test_leader_waits_for_the_clients_of_its_last_batches(tmp_path):
+    """A steady stream of 8 clients used to split into two halves that alternate runs (each
+    request queued while the other half ran, so no wait): the leader now waits, at most
+    max_delay, for the connections of its last two batches, and stacks them into one run."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from bridge.registry import get_backend
+    from bridge.serving.node import Request, ServingNode
+
+    service = load_service(make_service(tmp_path, clients=["alice"], max_delay_ms=3000))
+    node = ServingNode(service, "server0", get_backend("torch-spdz"), log=lambda m: None)
+    a, b, idle = (SimpleNamespace(closed=False) for _ in range(3))
+    long_ago = time.monotonic() - 60  # queued during the previous run: its own max_delay is long over
+    node._pending[("a", "1")] = Request("a", "1", 1, {}, a, arrived=long_ago)
+    node._recent.append([a, b])
+
+    def b_sends_again() -> None:
+        time.sleep(0.2)
+        with node._cond:
+            node._pending[("b", "2")] = Request("b", "2", 1, {}, b)
+            node._cond.notify_all()
+
+    threading.Thread(target=b_sends_again).start()
+    assert [r.client for r in node._take_batch()] == ["a", "b"]  # the old leader ran "a" alone
+    # both back at once: no wait at all; a client of the last batches that left is not waited for
+    node._pending.clear()
+    node._recent.clear()
+    node._recent.append([a, idle])
+    idle.closed = True
+    node._pending[("a", "3")] = Request("a", "3", 1, {}, a, arrived=time.monotonic())
+    t0 = time.monotonic()
+    assert [r.client for r in node._take_batch()] == ["a"]
+    assert time.monotonic() - t0 < 2.0  # not the 3 s max_delay: everyone expected is there
