@@ -24,6 +24,7 @@ from bridge.backend import BackendError, StepResult, TrainingExecutable
 from bridge.im2col import Im2ColPlan, extract_patches, im2col_plan
 from bridge.ir import AdamSpec, Graph, Loss, Node, Program, RMSpropSpec, SGDSpec, validate_program, validate_weights
 from bridge.ir import ops as irops
+from bridge.ir.tokens import one_hot_inputs
 from bridge.reference import channel_shape, evaluate
 
 #: Keras' clipping of probabilities before a logarithm (keras.config.epsilon())
@@ -170,6 +171,7 @@ def owner_rows(program: Program, head: LossHead, item: Any, owner: str) -> tuple
         x = {next(iter(inputs)): x}
     if set(x) != set(inputs):
         raise ValueError(f"{owner}'s x has inputs {sorted(x)}; the model takes {list(inputs)}")
+    x = one_hot_inputs(program.graph, x)  # token ids -> one-hot rows here, at their owner, before sharing
     xs = {}
     for name, spec in inputs.items():
         value = np.asarray(x[name], dtype=np.float64)

@@ -266,7 +266,20 @@ def _matmul(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.n
     return [dy @ np.swapaxes(b, -1, -2), np.swapaxes(a, -1, -2) @ dy], {}
 
 
+def _embedding(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    """y = one_hot @ table: d table = one_hot^T dy over every row and step.  (The gradient of the
+    one-hot rows, dy table^T, is never needed in training: token inputs are data.)"""
+    depth, table = xs[0].shape[-1], p["embeddings"]
+    return [dy @ table.T], {"embeddings": xs[0].reshape(-1, depth).T @ dy.reshape(-1, dy.shape[-1])}
+
+
+def _reverse(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    return [np.flip(dy, axis=node.op.axis % (dy.ndim - 1) + 1)], {}
+
+
 RULES: dict[str, ReferenceBackward] = {
+    "embedding": _embedding,
+    "reverse": _reverse,
     "layer_norm": _layer_norm,
     "layer_scale": _layer_scale,
     "reduce_sum": _reduce(mean=False),

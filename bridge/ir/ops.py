@@ -700,11 +700,19 @@ TRAINABLE_V2: frozenset[str] = frozenset({
     "global_avg_pool1d", "global_max_pool1d", "upsample2d", "upsample1d", "pad", "crop", "transpose",
     "repeat_vector", "concat", "subtract", "multiply", "average", "maximum", "minimum", "prelu", "rescale",
     "elu", "gelu", "silu", "hard_sigmoid", "hard_silu", "softplus", "softsign",
-    "layer_norm", "layer_scale", "reduce_sum", "reduce_mean", "exp", "matmul",
+    "layer_norm", "layer_scale", "reduce_sum", "reduce_mean", "exp", "matmul", "embedding", "reverse",
 })
 
 #: why a serving-only kind stays so, where there is more to say than that its rule is not written
-_SERVING_ONLY_WHY: dict[str, str] = {}
+_BPTT = ("its backward rule (backpropagation through time) is not written: every step's gate derivatives "
+         "would add the secure sigmoid's 4e-3 error again; it runs in encrypted serving only")
+_SERVING_ONLY_WHY: dict[str, str] = {
+    "simple_rnn": _BPTT,
+    "lstm": _BPTT,
+    "gru": _BPTT,
+    "multi_head_attention": "its backward rule is not written yet; it runs in encrypted serving only (attention "
+                            "built from Dense, keras.ops.matmul and softmax trains)",
+}
 
 #: op kind -> why encrypted training refuses it; checked before training starts
 #: (``reference_train.loss_head``, and ``privatize(..., privacy="encrypted_training")``), so a

@@ -507,7 +507,44 @@ def _matmul(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, 
     return out, {}
 
 
+def _embedding(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
+               needs: list[bool]) -> Grads:
+    """y = one_hot @ table (the data owner shared the one-hot rows): d table = one_hot^T dy,
+    one Beaver product over every row and step (|one_hot| + |dy| opened, one round).  The
+    servers learn nothing of the ids: the one-hot rows stay shared, the product is a Beaver
+    one.  The one-hot rows' own gradient dy table^T is computed only when asked for (tests):
+    training never needs it, token inputs being data."""
+    ctx, k = env.ctx, env.ctx.kernels
+    in_shape = _shape(env, xs[0])
+    depth, width = in_shape[-1], _shape(env, dy)[-1]
+    rows = Shared(k.reshape(xs[0].share, (-1, depth)))
+    grads = Shared(k.reshape(dy.share, (-1, width)))
+    t = lambda a: k.transpose(a, (1, 0))  # noqa: E731
+    dx = None
+    with ctx.messenger.label("embedding_grad"):
+        if needs[0]:
+            grads = mask_operand(ctx, grads)
+            table_param = env.param(node, "embeddings")
+            masked = table_param if isinstance(table_param, Masked) else mask_operand(ctx, table_param)
+            flat = truncate(ctx, masked_product(ctx, grads, masked, lambda a, b: k.matmul(a, t(b)),
+                                                (math.prod(in_shape[:-1]), depth)))
+            dx = Shared(k.reshape(flat.share, in_shape))
+        table = truncate(ctx, beaver(ctx, rows, grads, lambda a, b: k.matmul(t(a), b), (depth, width)))
+    return [dx], {"embeddings": table}
+
+
+def _reverse(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
+             needs: list[bool]) -> Grads:
+    """Flip the gradient back along the same axis (local)."""
+    k = env.ctx.kernels
+    shape = _shape(env, dy)
+    axis = node.op.axis % (len(shape) - 1) + 1
+    return [Shared(k.gather(dy.share, np.arange(shape[axis] - 1, -1, -1), axis=axis))], {}
+
+
 RULES: dict[str, Callable[..., Grads]] = {
+    "embedding": _embedding,
+    "reverse": _reverse,
     "layer_norm": _layer_norm,
     "layer_scale": _layer_scale,
     "reduce_sum": _reduce(mean=False),

@@ -152,6 +152,10 @@ def tf_forward(node: Node, xs: list, params: Mapping):
         return tf.exp(x)
     if kind == "matmul":
         return tf.matmul(xs[0], xs[1])
+    if kind == "embedding":  # x holds the one-hot rows the data owner shared
+        return tf.tensordot(x, params["embeddings"], axes=1)
+    if kind == "reverse":
+        return tf.reverse(x, axis=[op.axis % (rank - 1) + 1])
     if kind == "batch_norm":
         shape = [1] * rank
         shape[op.axis % (rank - 1) + 1] = params["gamma"].shape[0]

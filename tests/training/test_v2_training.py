@@ -360,3 +360,43 @@ def test_every_serving_only_kind_has_a_reason_and_no_backward_rule():
     for kind, why in irops.SERVING_ONLY.items():
         assert "serving" in why and kind not in SECURE_BACKWARD and kind not in REFERENCE_BACKWARD
     assert irops.TRAINABLE_V2 <= set(SECURE_BACKWARD) & set(REFERENCE_BACKWARD)
+
+
+# -- a keras.io-style text CNN on token ids, through privatize(...).fit -----------------------------
+
+def _text_cnn():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    ids = keras.Input((10,), dtype="int32")
+    h = keras.layers.Embedding(20, 6)(ids)
+    h = keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2, activation="relu")(h)
+    h = keras.layers.GlobalMaxPooling1D()(h)
+    model = keras.Model(ids, keras.layers.Dense(3, activation="softmax")(h))
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_text_cnn_on_token_ids_trains_as_the_reference(secure_backend):
+    """Embedding (the data owner one-hot encodes its ids before sharing), causal dilated Conv1D,
+    GlobalMaxPooling1D: two encrypted SGD steps through privatize(...).fit against the plaintext
+    backend's (the float64 reference); the embedding rows of ids seen in the batches move, the
+    others stay, but for their fixed-point encoding."""
+    from bridge.registry import get_backend
+    from frontends.keras.training import fit_encrypted
+    from privacy_bridge import privatize
+
+    rng = np.random.default_rng(9)
+    x, y = rng.integers(0, 14, size=(16, 10)), rng.integers(0, 3, size=16)  # ids 14..19 never occur
+    secure, reference = _text_cnn(), _text_cnn()
+    start = [w.copy() for w in secure.get_weights()]
+    privatize(secure, privacy="encrypted_training", backend=secure_backend.name, timeout_s=120).fit(
+        x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    fit_encrypted(reference, get_backend("plaintext"), (x, y), batch_size=8, shuffle=False, verbose=0)
+    for got, want, before in zip(secure.get_weights(), reference.get_weights(), start, strict=True):
+        change = np.abs(want - before).max()
+        assert change > 2**-12
+        assert np.abs(got - want).max() <= 0.1 * change + 2**-13
+    table_before, table_after = start[0], secure.get_weights()[0]
+    np.testing.assert_allclose(table_after[14:], table_before[14:], atol=2**-16, rtol=0)  # encoding only
+    assert np.abs(table_after[:14] - table_before[:14]).max() > 2**-12
