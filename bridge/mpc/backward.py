@@ -13,6 +13,9 @@ Costs per batch, bytes sent by one compute party (8 bytes per ring element):
   conv2d   the same with |x| the input image (patches are formed inside the product)
   relu     |dy| + |dy|/8 (bit injection of the cached XOR bit)
   max_pool |selection| + |dy|;  sigmoid, tanh: 2|y| + |dy|;  pools, reshapes, add: 0
+  batch_norm (frozen only: ``reference_train.refuse_untrainable``)  |dy|
+The opset-v2 rules (and relu's options, softmax on any axis, dilated/grouped and
+depthwise convolutions) are in ``backward_v2``, which registers them in SECURE_BACKWARD.
 """
 
 from __future__ import annotations
