@@ -17,6 +17,16 @@ pickled).
   names a party that never shows up and catches a cluster file whose address leads
   to the wrong party.
 
+Shutdown.  ``close`` stops the server (in-flight calls get ``STOP_GRACE_S``), waits until
+it has stopped, closes the channels and joins the handler threads, so that no gRPC thread
+is left running when the interpreter finalizes.  A transport still open when the program
+ends is closed at thread shutdown (``threading._register_atexit``), before
+``concurrent.futures`` shuts every executor down: closed later (a plain ``atexit``
+hook), the server could no longer run a handler for a peer's goodbye (its executor
+refuses new work), its serving thread died with ``RuntimeError: cannot schedule new
+futures after shutdown``, the stop never completed, and the interpreter finalized with
+the gRPC server still live.
+
 Liveness.  Every party sends each peer a heartbeat (a ``Deliver`` of kind
 ``HEARTBEAT``) every ``heartbeat_s`` (``PeerTransport``).  A peer declared dead is one
 whose port, which served it at startup, refuses a TCP connection: its process is gone.
@@ -43,7 +53,9 @@ are plain HTTP/2.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from concurrent import futures
 
 import grpc
@@ -61,6 +73,9 @@ FROM_KEY, KIND_KEY = "pb-from", "pb-kind"
 #: again this soon after it resumes), and how long a liveness probe waits for a TCP answer
 RECONNECT_BACKOFF_MS = 300
 RECONNECT_S = 1.0
+#: in-flight calls a stopping server lets finish, and the longest ``close`` waits for the stop
+STOP_GRACE_S = 0.5
+STOP_WAIT_S = 10.0
 
 
 class GrpcTransport(PeerTransport):
@@ -79,10 +94,9 @@ class GrpcTransport(PeerTransport):
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
         ]
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=len(self.peers) + 2, thread_name_prefix=f"grpc-{party}"),
-            options=options,
-        )
+        self._executor = futures.ThreadPoolExecutor(max_workers=len(self.peers) + 2,
+                                                    thread_name_prefix=f"grpc-{party}")
+        self._server = grpc.server(self._executor, options=options)
         handlers = {
             "Deliver": grpc.unary_unary_rpc_method_handler(self._on_deliver),
             "Hello": grpc.unary_unary_rpc_method_handler(self._on_hello),
@@ -110,6 +124,7 @@ class GrpcTransport(PeerTransport):
         except BaseException:
             self._shutdown()
             raise
+        _close_at_thread_shutdown(self)
         self._start_heartbeats()
 
     # -- TLS ----------------------------------------------------------------------------------
@@ -264,6 +279,30 @@ class GrpcTransport(PeerTransport):
         return None
 
     def _shutdown(self) -> None:
+        """Stop the server and wait until it has (its serving thread then ends), close the
+        channels, and join the handler threads: nothing of gRPC's runs on afterwards."""
+        stopped = self._server.stop(grace=STOP_GRACE_S).wait(STOP_WAIT_S)
         for channel in self._channels.values() if hasattr(self, "_channels") else ():
             channel.close()
-        self._server.stop(grace=0.5).wait(2.0)
+        in_handler = threading.current_thread().name.startswith(f"grpc-{self.party}_")
+        # a handler never closes its own transport today; if one did, it must not join itself
+        self._executor.shutdown(wait=stopped and not in_handler)
+
+
+def _close_at_thread_shutdown(transport: GrpcTransport) -> None:
+    """Close ``transport`` (if still open) when the main thread ends, before
+    ``concurrent.futures`` stops the executors its server runs handlers on: hooks of
+    ``threading._register_atexit`` run last-registered first, and concurrent.futures
+    registered its own when grpc imported it.  A weak reference: a transport dropped
+    unclosed is not kept alive by this hook."""
+    ref = weakref.ref(transport)
+
+    def close() -> None:
+        still_open = ref()
+        if still_open is not None:
+            still_open.close()
+
+    try:
+        threading._register_atexit(close)  # the hook concurrent.futures itself uses
+    except RuntimeError:  # the interpreter is already shutting down: atexit closes it
+        pass

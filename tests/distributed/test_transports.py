@@ -178,3 +178,47 @@ def test_gloo_joins_a_rendezvous_served_by_torchrun_agent():
     assert ts["b"].recv("a") == b"over the agent's store"
     close_all(ts)
     del agent
+
+
+#: a script that opens both parties of a cluster (``connect``, as a user script does outside
+#: ``launch``), leaves them open, and ends; its atexit hook, which runs after the transports'
+#: own exit hooks would have, reports whether they were closed and a goodbye got through
+LEFT_OPEN_SCRIPT = """
+import atexit, sys
+from bridge.mpc.distributed import connect
+from bridge.registry import get_backend
+from tests.distributed.conftest import in_threads, loopback_cluster
+
+backend = get_backend(sys.argv[1])
+cluster = loopback_cluster(["a", "b"])
+t = in_threads(lambda n: connect(backend, cluster, n), ["a", "b"])
+t["a"].send("b", b"ping")
+assert t["b"].recv("a") == b"ping"
+
+def report():
+    goodbye = t["a"]._inbox["b"].finished or t["b"]._inbox["a"].finished
+    print(f"closed {t['a']._closed and t['b']._closed} goodbye {goodbye}", flush=True)
+
+atexit.register(report)
+"""
+
+
+def test_grpc_transports_left_open_close_before_the_executors_stop(tmp_path):
+    """Issue 16: a tf-pond transport still open at exit used to be closed by a plain atexit hook,
+    after concurrent.futures had stopped every executor: the servers could not run a handler for
+    a peer's goodbye (their serving threads died with 'cannot schedule new futures after
+    shutdown'), never finished stopping, and the interpreter finalized with them live."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.distributed.conftest import ROOT
+
+    script = tmp_path / "left_open.py"
+    script.write_text(LEFT_OPEN_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(script), "tf-pond"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "closed True goodbye True" in done.stdout, done.stdout + done.stderr[-3000:]
+    assert "cannot schedule new futures" not in done.stderr and "Exception in thread" not in done.stderr, done.stderr
