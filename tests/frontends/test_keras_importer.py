@@ -241,9 +241,9 @@ def _user_relu():
 
 
 REFUSALS = {
-    "lstm": (
-        lambda: _seq((4, 3), keras.layers.LSTM(2, name="lstm")),
-        "LSTM layer 'lstm' is not supported; privacy-bridge supports the Keras layers ['Activation', 'Add', ",
+    "conv3d": (  # (LSTM, the earlier example here, is supported since opset v2's sequence models)
+        lambda: _seq((4, 4, 4, 1), keras.layers.Conv3D(2, 2, name="conv3d")),
+        "Conv3D layer 'conv3d' is not supported; privacy-bridge supports the Keras layers ['Activation', 'Add', ",
     ),
     "upsampling_bilinear": (
         lambda: _seq((4, 4, 2), keras.layers.UpSampling2D(2, interpolation="bilinear", name="up")),
