@@ -20,3 +20,4 @@ test-slow: setup
 
 bench: setup
 	.venv/bin/privacy-bridge bench
+	.venv/bin/python -m bridge.serving.bench   # the service's loadtest: 1 client, then 8 at once, both backends

@@ -15,19 +15,8 @@ from bridge.serving.config import load_service
 from bridge.serving.node import ServingNode
 from frontends.keras.client import connect
 from tests.distributed.models import tiny_mlp
-from tests.serving.helpers import ATOL, PARTIES, make_service
-
-
-def plaintext(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    h = np.maximum(x @ weights["d0/kernel"] + weights["d0/bias"], 0)
-    return h @ weights["d1/kernel"] + weights["d1/bias"]
-
-
-def wait_ready(nodes: dict[str, ServingNode], timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not all(n.ready for n in nodes.values()):
-        assert time.monotonic() < deadline, {p: n.ready for p, n in nodes.items()}
-        time.sleep(0.1)
+from tests.serving.helpers import ATOL, PARTIES, make_service, plaintext
+from tests.serving.helpers import wait_nodes_ready as wait_ready
 
 
 def _levels(nodes: dict[str, ServingNode]) -> dict[str, dict[str, int] | None]:

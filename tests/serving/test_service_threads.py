@@ -203,6 +203,14 @@ def test_service_in_threads(tmp_path, backend, capsys):
         rows = {r["party"]: r for r in json.loads(capsys.readouterr().out)}
         # every request server0 accepted: the sessions', the half one, alice's, four in the stall, bob's, carol's, erin's
         assert rows["server0"]["counts"]["requests"] == SESSION_REQUESTS * len(CLIENTS) + 9, rows["server0"]["counts"]
+        # the loadtest: 3 clients at once, 7 requests of 2 rows in all, each answered (and counted by the servers)
+        assert main(["loadtest", "--cluster", str(cluster), "--identity", "alice", "--clients", "3", "--requests", "7",
+                     "--batch", "2", "--json"]) == 0
+        load = json.loads(capsys.readouterr().out)
+        assert (load["answered"], load["errors"], load["rows_per_s"]) == (7, 0, 2 * load["requests_per_s"]), load
+        assert 0 < load["p50_s"] <= load["p95_s"] <= load["p99_s"], load
+        counts = nodes["server1"].stats.snapshot()["counts"]
+        assert counts["requests"] == 2 + 7, counts  # the restarted server1 counts from its restart: carol, erin, load
     finally:
         for node in nodes.values():
             node.stop()
