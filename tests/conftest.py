@@ -63,6 +63,14 @@ SLOW_SCENARIOS: dict[tuple[str, str, str], str] = {
         "kept: torch-spdz (the protocol code is shared); tf-pond's kernels: the weighted and sliced runs",
     ("tests/training/test_optimizers.py", "test_one_step_costs_what_the_module_documents", "tf-pond"):
         "bytes and rounds are the shared protocol's; kept: torch-spdz",
+    ("tests/training/test_v2_training.py", "test_sgd_steps_follow_the_reference", "tf-pond-sequence"):
+        "kept: tf-pond's attention model and torch-spdz's four; every v2 rule runs on tf-pond in test_gradients",
+    ("tests/training/test_v2_training.py", "test_sgd_steps_follow_the_reference", "tf-pond-image"):
+        "kept: tf-pond's attention model and torch-spdz's four; every v2 rule runs on tf-pond in test_gradients",
+    ("tests/training/test_v2_training.py", "test_sgd_steps_follow_the_reference", "tf-pond-merge"):
+        "kept: tf-pond's attention model and torch-spdz's four; every v2 rule runs on tf-pond in test_gradients",
+    ("tests/training/test_v2_training.py", "test_text_cnn_on_token_ids_trains_as_the_reference", "tf-pond"):
+        "kept: torch-spdz (the protocol code is shared); Embedding's rule runs on tf-pond in test_gradients",
     ("tests/training/test_optimizers.py", "test_three_encrypted_fit_steps_follow_the_reference", "tf-pond-rmsprop"):
         "kept: tf-pond Adam and torch-spdz RMSprop; RMSprop's rule is tested on tf-pond's kernels step by step",
 }
