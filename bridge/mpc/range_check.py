@@ -13,6 +13,8 @@ sensible range, so a comparison against a bound B well below 2^31 sees them:
   2. the bits become arithmetic (one round, 1 bit per element) and are summed per
      checked tensor into its count of violations v_l, locally;
   3. [v_l >= 1] is compared (4 rounds) and revealed: one bit per checked tensor.
+Past ``CHECK_CHUNK`` comparisons, step 1 and 2 run chunk by chunk (5 more rounds per chunk
+after the first; the same bytes but for rounding each chunk to whole 64-bit words).
 A value below B is never flagged; a truncation failure always is (2^32 - B > B); a
 wrapped value escapes with probability 2 B 2^f / 2^64 per element.  Who learns the
 bits learns that an overflow happened, in which layer, and nothing else.
@@ -35,6 +37,7 @@ when the flag comes back (an overflow does).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +87,25 @@ def bits_to_arith(ctx: PartyContext, b: Bits) -> Shared:
         (d,) = ctx.open([k.bit_xor(b.share, s_bits)], bits=[1])
         out = k.mul(k.sub(k.constant(1), k.mul(d, k.constant(2))), s_arith)
         return Shared(k.add(out, d) if ctx.index == 0 else out)
+
+
+#: comparisons per call in step 1: up to this many, one call (the rounds above); more run as
+#: consecutive calls of this many (5 rounds each), so that a large model's check (ResNet-50 at
+#: 224x224: 38M comparisons) keeps the comparison's temporaries to about 1 GB per party
+CHECK_CHUNK = 1 << 22
+
+
+def _inside_bits(ctx: PartyContext, full: PartyContext, values: Any) -> Shared:
+    """[v >= 0] as integer 0/1 for every element of ``values``, in chunks of ``CHECK_CHUNK``."""
+    k = ctx.kernels
+    n = k.shape(values)[0]
+    if n <= CHECK_CHUNK:
+        return bits_to_arith(ctx, ge_zero(full, Shared(values)))
+    pieces = []
+    for start in range(0, n, CHECK_CHUNK):
+        piece = k.gather(values, np.arange(start, min(n, start + CHECK_CHUNK)), axis=0)
+        pieces.append(bits_to_arith(ctx, ge_zero(full, Shared(piece))).share)
+    return Shared(k.concat(pieces, axis=0))
 
 
 def _full_width(ctx: PartyContext) -> PartyContext:
@@ -140,7 +162,7 @@ def overflow_flags(
         sizes.append(sum(int(np.prod(k.shape(t))) for t in parts[before:]))
     full = _full_width(ctx)
     with ctx.messenger.label("overflow_check"):
-        inside = bits_to_arith(ctx, ge_zero(full, Shared(k.concat(parts, axis=0))))
+        inside = _inside_bits(ctx, full, k.concat(parts, axis=0) if len(parts) > 1 else parts[0])
         counts, start = [], 0
         for size in sizes:
             counts.append(k.sum(k.gather(inside.share, np.arange(start, start + size), axis=0), axis=0))
