@@ -123,6 +123,32 @@ def _ops_graph() -> Any:
     return keras.Model([a, b], ops.softmax(h, axis=1))
 
 
+def _attention_graph() -> Any:
+    """MultiHeadAttention (cross and causal self), LayerNormalization on two axes, Dense on a sequence
+    with the exponential activation, and the keras.ops mean/sum/matmul/exp and a constant tensor."""
+    import keras
+    from keras import layers, ops
+
+    q, v = keras.Input((5, 6), name="q"), keras.Input((4, 3), name="v")
+    h = layers.MultiHeadAttention(2, 3, value_dim=2, output_shape=6)(q, v)
+    h = layers.LayerNormalization(axis=[1, 2], epsilon=1e-6)(h + q)
+    h = h + layers.MultiHeadAttention(1, 4, use_bias=False)(h, h, use_causal_mask=True)
+    h = layers.LayerNormalization(center=False)(h)
+    h = layers.Dense(3, activation="exponential")(h) - np.linspace(0.0, 1.0, 15).reshape(5, 3).astype("float32")
+    gram = ops.matmul(ops.transpose(h, (0, 2, 1)), h)
+    return keras.Model([q, v], ops.exp(ops.mean(gram, axis=1) * 0.01) + ops.sum(h, axis=1))
+
+
+def _conv_transpose_graph() -> Any:
+    import keras
+
+    x = keras.Input((4, 3, 2), name="x")
+    h = keras.layers.Conv2DTranspose(3, 4, strides=2, padding="same", activation="relu")(x)
+    h = keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same")(h)
+    h = keras.Sequential([keras.layers.Conv2DTranspose(2, (2, 3), strides=(3, 1), use_bias=False)], name="up")(h)
+    return keras.Model(x, h)
+
+
 def _se_gate() -> Any:
     """Squeeze-and-excitation: a (1, 1, C) gate times its image (EfficientNet, MobileNetV3)."""
     import keras
@@ -326,6 +352,12 @@ CASES: dict[str, Case] = {
         _ops_graph, ((3, 4), (3, 4)),
         ("add", "rescale", "multiply", "rescale", "rescale", "concat", "transpose", "reshape", "reshape", "reshape",
          "relu", "gelu", "subtract", "softmax")),
+    "attention_graph": Case(
+        _attention_graph, ((5, 6), (4, 3)),
+        ("multi_head_attention", "add", "layer_norm", "multi_head_attention", "add", "layer_norm", "dense", "exp",
+         "add_constant", "transpose", "reduce_sum", "matmul", "reduce_mean", "rescale", "exp", "add")),
+    "conv_transpose_graph": Case(_conv_transpose_graph, ((4, 3, 2),),
+                                 ("conv2d_transpose", "relu", "conv2d_transpose", "conv2d_transpose")),
     "mlp": Case(mlp, ((20,),), ("dense", "relu", "identity", "dense", "tanh", "dense", "sigmoid", "dense", "softmax")),
     "lenet": Case(
         lenet,
@@ -340,6 +372,33 @@ CASES: dict[str, Case] = {
          "sigmoid"),
     ),
 }
+
+
+def _bidirectional(inner: str, merge_mode: str, **kwargs: Any) -> Callable[[], Any]:
+    def make() -> Any:
+        import keras
+
+        return keras.layers.Bidirectional(getattr(keras.layers, inner)(**kwargs), merge_mode=merge_mode)
+
+    return make
+
+
+def _time_distributed_dense() -> Any:
+    import keras
+
+    return keras.layers.TimeDistributed(keras.layers.Dense(2, activation="relu"))
+
+
+# Sequence models (opset v2, frontends/keras/import_recurrent.py); Embedding's int inputs: tests/conformance
+CASES.update({
+    "lstm_seq_backwards": Case(_seq((5, 3), _layer("LSTM", 3, return_sequences=True, go_backwards=True)), ((5, 3),),
+                               ("lstm",)),
+    "gru_reset_before": Case(_seq((5, 3), _layer("GRU", 3, reset_after=False)), ((5, 3),), ("gru",)),
+    "simple_rnn": Case(_seq((5, 3), _layer("SimpleRNN", 3)), ((5, 3),), ("simple_rnn",)),
+    "bidirectional_gru_concat_seq": Case(_seq((5, 3), _bidirectional("GRU", "concat", units=2, return_sequences=True)),
+                                         ((5, 3),), ("gru", "gru", "reverse", "concat")),
+    "time_distributed_dense": Case(_seq((5, 3), _time_distributed_dense), ((5, 3),), ("conv1d", "relu")),
+})
 
 
 def case_inputs(case: Case, batch: int = 5, seed: int = 1) -> list[np.ndarray]:
