@@ -105,4 +105,5 @@ RULES = {
     "reduce_mean": _reduce,
     "exp": _exp,
     "conv2d_transpose": _conv2d_transpose,
+    "add_constant": lambda node, xs, p: xs[0] + p["constant"],
 }

@@ -545,6 +545,18 @@ class Conv2DTranspose(_Op):
         return ("kernel", "bias") if self.use_bias else ("kernel",)
 
 
+class AddConstant(_Op):
+    """x + c for a constant tensor c the model holds (a keras.ops add of a symbolic tensor and an
+    array, e.g. keras.io's position embeddings): c is the model owner's, shared like a weight,
+    and broadcasts over the feature shape."""
+
+    kind: Literal["add_constant"] = "add_constant"
+
+    @property
+    def param_roles(self) -> tuple[str, ...]:
+        return ("constant",)
+
+
 #: activations a recurrent cell may use (Keras names); ``bridge.mpc.recurrent`` computes each
 RecurrentActivation = Literal["tanh", "sigmoid", "relu", "linear", "hard_sigmoid"]
 
@@ -660,6 +672,7 @@ Op = Annotated[
         ReduceMean,
         Exp,
         Conv2DTranspose,
+        AddConstant,
         Embedding,
         SimpleRNN,
         LSTM,

@@ -104,6 +104,13 @@ def _conv2d_transpose(op: ops.Conv2DTranspose, xs: list[Shape], ps: dict[str, Sh
     return (oh, ow, op.filters)
 
 
+def _add_constant(op: ops.AddConstant, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
+    c, x = ps["constant"], xs[0]
+    if len(c) > len(x) or any(a not in (1, b) for a, b in zip(c[::-1], x[::-1])):
+        raise ShapeError(f"add_constant's constant of shape {c} does not broadcast over the features {x}")
+    return x
+
+
 def _elementwise(op, xs: list[Shape], ps: dict[str, Shape]) -> Shape:
     return xs[0]
 
@@ -117,6 +124,7 @@ RULES = {
     "reduce_mean": _reduce,
     "exp": _elementwise,
     "conv2d_transpose": _conv2d_transpose,
+    "add_constant": _add_constant,
 }
 
 __all__ = ["RULES", "layer_norm_axes", "reduced_axes", "transpose_output"]

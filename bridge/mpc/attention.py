@@ -116,9 +116,19 @@ def matmul_rule(env: Any, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
     return secret_matmul(env.ctx, xs[0], xs[1]), None
 
 
+def add_constant(env: Any, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:
+    """x + c with c shared by the model owner: local (exact)."""
+    k = env.ctx.kernels
+    c = _value(env.param(node, "constant"))
+    rank = len(k.shape(xs[0].share))
+    shape = k.shape(c.share)
+    return add(env.ctx, xs[0], Shared(k.reshape(c.share, (1,) * (rank - len(shape)) + tuple(shape)))), None
+
+
 RULES = {
     "multi_head_attention": multi_head_attention,
     "matmul": matmul_rule,
+    "add_constant": add_constant,
 }
 
 #: parameter roles used as the fixed operand of Beaver products (masked once)

@@ -133,26 +133,11 @@ def _conv2d_transpose(call: _Call, b: _Builder) -> None:
     if len(b.shapes[call.inputs[0]]) != 3:
         raise call.refuse(f"an input of shape (None, {', '.join(map(str, b.shapes[call.inputs[0]]))})",
                           "Conv2DTranspose on (batch, height, width, channels) inputs only")
-    _refuse_torch_same_transpose(call)
     op = irops.Conv2DTranspose(filters=cfg["filters"], kernel_size=cfg["kernel_size"], strides=cfg["strides"],
                                padding=cfg["padding"], use_bias=cfg["use_bias"])
     found = _layer_weights(call.layer)
     params = {role: b.param(call.layer, role, *found[role]) for role in op.param_roles}
     _emit_with_activation(call, b, op, params)
-
-
-def _refuse_torch_same_transpose(call: _Call) -> None:
-    """Keras' torch backend pads a 'same' transposed convolution whose kernel exceeds its stride
-    on the other side from TensorFlow when k - s is odd; the IR follows TensorFlow."""
-    import keras
-
-    cfg = call.config
-    if keras.backend.backend() != "torch" or cfg["padding"] != "same":
-        return
-    if any((k - s) % 2 for k, s in zip(cfg["kernel_size"], cfg["strides"]) if k > s):
-        raise call.refuse("padding='same' with an odd kernel_size - strides under KERAS_BACKEND='torch'",
-                          "padding='valid', or 'same' with kernel_size - strides even, on this backend; or "
-                          "export under KERAS_BACKEND=tensorflow, whose semantics the IR follows")
 
 
 def _nested_sequential(call: _Call, b: _Builder) -> None:
@@ -235,6 +220,38 @@ def _matmul_operation(operation: Any, args: list[Any], output: str, b: _Builder)
 def _exp_operation(operation: Any, args: list[Any], output: str, b: _Builder) -> None:
     (x,) = [a for a in args if isinstance(a, _Tensor)]
     b.emit(operation.name, irops.Exp(), [x.value], output)
+
+
+def constant_tensor_operand(operation: Any, tensor: _Tensor, constant: Any, swapped: bool, output: str,
+                            b: _Builder) -> bool:
+    """x + C, x - C or C - x for a constant C of more than one value (keras.io's position embeddings,
+    computed eagerly when the model was built): C becomes a parameter of an add_constant node, shared
+    by the model owner like a weight.  False (nothing emitted) for a scalar, which the caller reads as
+    a public rescale."""
+    import keras
+
+    value = np.asarray(keras.ops.convert_to_numpy(constant)) if not isinstance(constant, (int, float)) else None
+    if value is None or value.size <= 1:
+        return False
+    kind = type(operation).__name__
+    if kind not in ("Add", "Subtract"):
+        raise _op_refuse(operation, f"a constant operand of shape {value.shape}",
+                         "a scalar constant, or a constant tensor in add/subtract only")
+    x = tensor.value
+    if kind == "Subtract" and swapped:  # C - x = (-x) + C
+        x = b.emit(f"{operation.name}/negate", irops.Rescale(scale=-1.0), [x], f"{output}/negate")
+    elif kind == "Subtract":
+        value = -value
+    shape = b.shapes[tensor.value]
+    if value.ndim > len(shape) and value.shape[0] == 1:
+        value = value[0]  # a leading batch axis of 1
+    if value.ndim > len(shape) or any(c not in (1, d) for c, d in zip(value.shape[::-1], shape[::-1])):
+        raise _op_refuse(operation, f"a constant operand of shape {value.shape}",
+                         f"constants that broadcast over the features (None, {', '.join(map(str, shape))})")
+    dtype = np.float64 if value.dtype == np.float64 else np.float32
+    name = b.param(operation, "constant", value.astype(dtype), False)
+    b.emit(operation.name, irops.AddConstant(), [x], output, {"constant": name})
+    return True
 
 
 OPERATION_RULES = {

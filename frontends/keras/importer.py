@@ -758,6 +758,8 @@ def _arithmetic(operation: Any, args: list[Any], output: str, b: _Builder) -> No
         b.emit(operation.name, merge(), [a.value, c.value], output)
         return
     tensor, constant, swapped = (a, c, False) if isinstance(a, _Tensor) else (c, a, True)
+    if import_attention.constant_tensor_operand(operation, tensor, constant, swapped, output, b):
+        return  # x + C, x - C, C - x for a constant tensor C (e.g. position embeddings)
     v = _scalar(operation, constant)
     if kind == "Add":
         op = irops.Rescale(offset=v)

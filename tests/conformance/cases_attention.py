@@ -23,6 +23,8 @@ TOLERANCE: dict[str, float] = {
     "exp": 2e-2,
     # a convolution: Beaver product with truncation, as conv2d
     "conv2d_transpose": 2e-3,
+    # exact ring addition: the encodings' rounding only
+    "add_constant": 1e-4,
 }
 #: exp is compared relatively above zero: |got - e^x| <= EXP_RELATIVE e^x + TOLERANCE["exp"]
 EXP_RELATIVE = 1e-3
@@ -64,6 +66,8 @@ def cases() -> list:
               [(3, 4, 2)], {"kernel": _w(3, 3, 3, 2), "bias": _w(3, seed=2)}),
         _case("conv2d_transpose_valid", irops.Conv2DTranspose(filters=2, kernel_size=(2, 3), strides=(3, 1),
                                                               use_bias=False), [(3, 3, 2)], {"kernel": _w(2, 3, 2, 2)}),
+        _case("add_constant", irops.AddConstant(), [(4, 3)], {"constant": _w(4, 3, seed=5)}),
+        _case("add_constant_broadcast", irops.AddConstant(), [(2, 4, 3)], {"constant": _w(1, 3, seed=6)}),
     ]
 
 

@@ -1,0 +1,84 @@
+"""Importer rules of frontends/keras/import_attention.py: what is read, what is refused (values
+against model.predict under both Keras backends are in keras_check's attention and conv-transpose
+graphs), and that the new serving-only layers are refused for encrypted training up front."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from bridge.reference import run_reference
+from frontends.keras import UnsupportedLayerError, to_ir
+
+
+def _model(build):
+    x = keras.Input((4, 6), name="x")
+    return keras.Model(x, build(x))
+
+
+def test_attention_options_and_weights_are_read():
+    layer = keras.layers.MultiHeadAttention(3, 2, value_dim=5, output_shape=7, name="mha")
+    program, weights = to_ir(_model(lambda x: layer(x, x, use_causal_mask=True)))
+    (node,) = program.graph.nodes
+    assert (node.op.num_heads, node.op.key_dim, node.op.value_dim, node.op.causal) == (3, 2, 5, True)
+    assert weights["mha/query_kernel"].shape == (6, 3, 2) and weights["mha/output_kernel"].shape == (3, 5, 7)
+    np.testing.assert_array_equal(weights["mha/value_bias"], layer._value_dense.get_weights()[1])
+    assert program.graph.outputs["mha"].shape == (None, 4, 7)
+
+
+def test_position_embedding_constant_is_a_shared_parameter():
+    """keras.io's TokenAndPositionEmbedding adds an eagerly computed (maxlen, D) tensor: it becomes
+    the add_constant node's parameter, never a public attribute; C - x negates x first."""
+    positions = keras.layers.Embedding(4, 6, name="pos")(keras.ops.arange(0, 4))
+    model = _model(lambda x: positions - keras.layers.Dense(6)(x))
+    program, weights = to_ir(model)
+    assert [n.op.kind for n in program.graph.nodes] == ["dense", "rescale", "add_constant"]
+    (name,) = program.graph.nodes[2].params.values()
+    np.testing.assert_allclose(weights[name], keras.ops.convert_to_numpy(positions), atol=0)
+    assert not program.graph.parameters[name].trainable
+    x = np.random.default_rng(0).normal(size=(2, 4, 6)).astype(np.float32)
+    (got,) = run_reference(program, weights, {"x": x}).values()
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
+
+
+REFUSALS = {
+    "attention_mask": (lambda x: keras.layers.MultiHeadAttention(2, 2, name="m")(
+        x, x, attention_mask=keras.ops.matmul(x, keras.ops.transpose(x, (0, 2, 1)))),
+        "a tensor passed by keyword (attention_mask)"),
+    "scores": (lambda x: keras.layers.MultiHeadAttention(2, 2, name="m")(x, x, return_attention_scores=True)[0],
+               "MultiHeadAttention layer 'm' has return_attention_scores=True"),
+    "gate": (lambda x: keras.layers.MultiHeadAttention(2, 2, use_gate=True, name="m")(x, x),
+             "MultiHeadAttention layer 'm' has use_gate=True"),
+    "sum_everything": (lambda x: keras.ops.sum(x, axis=(1, 2)),
+                       "over every feature axis with keepdims=False"),
+    "mean_batch": (lambda x: keras.ops.mean(x, axis=0, keepdims=True), "(the batch axis)"),
+    "matmul_constant": (lambda x: keras.ops.matmul(x, np.ones((6, 2), "float32")),
+                        "has a constant operand; privacy-bridge supports matmul of two model tensors"),
+    "multiply_constant_tensor": (lambda x: x * np.ones((4, 6), "float32"),
+                                 "a constant tensor in add/subtract only"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_unsupported_attention_and_ops_options_are_refused_by_name(case):
+    build, message = REFUSALS[case]
+    try:
+        model = _model(build)
+    except (TypeError, ValueError) as exc:  # an option this Keras version lacks
+        pytest.skip(f"Keras cannot build it: {exc}")
+    with pytest.raises(UnsupportedLayerError) as info:
+        to_ir(model)
+    assert message in str(info.value)
+
+
+def test_serving_only_attention_is_refused_for_training_before_anything_runs():
+    from bridge.reference_train import TrainingRefused
+    from privacy_bridge import privatize
+
+    x = keras.Input((4, 6))
+    h = keras.layers.MultiHeadAttention(2, 3, name="att")(x, x)
+    model = keras.Model(x, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h)))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    with pytest.raises(TrainingRefused, match=r"layer 'att' \(multi_head_attention\) cannot be trained encrypted"):
+        privatize(model, privacy="encrypted_training", backend="torch-spdz")
