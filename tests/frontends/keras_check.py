@@ -374,6 +374,33 @@ CASES: dict[str, Case] = {
 }
 
 
+def _bidirectional(inner: str, merge_mode: str, **kwargs: Any) -> Callable[[], Any]:
+    def make() -> Any:
+        import keras
+
+        return keras.layers.Bidirectional(getattr(keras.layers, inner)(**kwargs), merge_mode=merge_mode)
+
+    return make
+
+
+def _time_distributed_dense() -> Any:
+    import keras
+
+    return keras.layers.TimeDistributed(keras.layers.Dense(2, activation="relu"))
+
+
+# Sequence models (opset v2, frontends/keras/import_recurrent.py); Embedding's int inputs: tests/conformance
+CASES.update({
+    "lstm_seq_backwards": Case(_seq((5, 3), _layer("LSTM", 3, return_sequences=True, go_backwards=True)), ((5, 3),),
+                               ("lstm",)),
+    "gru_reset_before": Case(_seq((5, 3), _layer("GRU", 3, reset_after=False)), ((5, 3),), ("gru",)),
+    "simple_rnn": Case(_seq((5, 3), _layer("SimpleRNN", 3)), ((5, 3),), ("simple_rnn",)),
+    "bidirectional_gru_concat_seq": Case(_seq((5, 3), _bidirectional("GRU", "concat", units=2, return_sequences=True)),
+                                         ((5, 3),), ("gru", "gru", "reverse", "concat")),
+    "time_distributed_dense": Case(_seq((5, 3), _time_distributed_dense), ((5, 3),), ("conv1d", "relu")),
+})
+
+
 def case_inputs(case: Case, batch: int = 5, seed: int = 1) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [(rng.normal(0.0, 1.0, (batch, *s)) + case.shift).astype(np.float32) for s in case.input_shapes]
