@@ -15,6 +15,7 @@ import numpy as np
 
 from bridge.ir import Node
 from bridge.ir.shapes_attention import layer_norm_axes, reduced_axes
+from bridge.reference_attention import conv_transpose_offset
 from bridge.reference_train import (
     REFERENCE_BACKWARD,
     Arrays,
@@ -277,7 +278,30 @@ def _reverse(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.
     return [np.flip(dy, axis=node.op.axis % (dy.ndim - 1) + 1)], {}
 
 
+def _conv2d_transpose(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    """The forward adds x[i, j] K[a, b] at (i s_h + a - top, j s_w + b - left): so dx[i, j] and
+    dK[a, b] read dy (zero outside the output) back at those cells."""
+    op, x, kernel = node.op, xs[0], p["kernel"]
+    n, h, w, _ = x.shape
+    (kh, kw), (sh, sw) = op.kernel_size, op.strides
+    top, left = conv_transpose_offset(kh, sh, op.padding), conv_transpose_offset(kw, sw, op.padding)
+    full = np.zeros((n, (h - 1) * sh + kh, (w - 1) * sw + kw, op.filters))
+    seen = dy[:, : full.shape[1] - top, : full.shape[2] - left]
+    full[:, top : top + seen.shape[1], left : left + seen.shape[2]] = seen
+    dx, dk = np.zeros_like(x), np.zeros_like(kernel)
+    for a in range(kh):
+        for b in range(kw):
+            window = full[:, a : a + (h - 1) * sh + 1 : sh, b : b + (w - 1) * sw + 1 : sw]
+            dx += np.einsum("nhwf,fc->nhwc", window, kernel[a, b])
+            dk[a, b] = np.einsum("nhwf,nhwc->fc", window, x)
+    grads = {"kernel": dk}
+    if op.use_bias:
+        grads["bias"] = dy.sum(axis=(0, 1, 2))
+    return [dx], grads
+
+
 RULES: dict[str, ReferenceBackward] = {
+    "conv2d_transpose": _conv2d_transpose,
     "embedding": _embedding,
     "reverse": _reverse,
     "layer_norm": _layer_norm,

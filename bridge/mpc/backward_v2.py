@@ -34,7 +34,10 @@ import numpy as np
 from bridge.ir import Node
 from bridge.ir.shapes_attention import layer_norm_axes, reduced_axes
 from bridge.mpc import activations, functions
+from bridge.im2col import im2col_plan
 from bridge.mpc.attention import batch_matmul_ring
+from bridge.mpc.conv_transpose import _dilate_and_pad, _flip
+from bridge.reference_attention import conv_transpose_offset
 from bridge.mpc.backward import (
     SECURE_BACKWARD,
     BackwardRule,
@@ -42,6 +45,7 @@ from bridge.mpc.backward import (
     _avg_pool2d,
     _conv2d,
     _max_pool2d,
+    conv_gradients,
     masked_product,
     unbroadcast,
 )
@@ -542,7 +546,57 @@ def _reverse(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any,
     return [Shared(k.gather(dy.share, np.arange(shape[axis] - 1, -1, -1), axis=axis))], {}
 
 
+class _PlainConv:
+    """The stride-1 'valid' Conv2D Conv2DTranspose's forward runs on its dilated input."""
+
+    kind, groups = "conv2d", 1
+
+
+def _conv2d_transpose(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
+                      needs: list[bool]) -> Grads:
+    """The forward is y = conv(D(x), flip(K)), D the local zero dilation and padding: so
+    dK = flip(patches(D(x))^T dy) and dx = D^T(scatter(dy flip(K)^T)), D^T a gather of the
+    cells D placed x at.  As conv2d: [dy] opened once (masked) for both, the kernel's opening
+    is the forward's; bytes |dy| + |x|, one round; no truncation but the final one each."""
+    ctx, k, op = env.ctx, env.ctx.kernels, node.op
+    x = xs[0]
+    in_shape = k.shape(x.share)
+    n, h, w, c = in_shape
+    _, oh, ow, filters = _shape(env, dy)
+    (kh, kw), (sh, sw) = op.kernel_size, op.strides
+    kernel = env.param(node, "kernel")
+    kernel_shape = _shape(env, kernel.value if isinstance(kernel, Masked) else kernel)
+    plan = im2col_plan(oh + kh - 1, ow + kw - 1, c, kh, kw, (1, 1), "valid")
+    grad_w, grad_x = conv_gradients(k, _PlainConv(), plan, (n, oh + kh - 1, ow + kw - 1, c), (kh, kw, c, filters))
+    before = [window - 1 - conv_transpose_offset(window, stride, op.padding)
+              for window, stride in ((kh, sh), (kw, sw))]
+
+    def undilate(t: Any) -> Any:  # D^T: the cells D put x's values at
+        t = k.gather(t, before[0] + sh * np.arange(h), axis=1)
+        return k.gather(t, before[1] + sw * np.arange(w), axis=2)
+
+    def kernel_grad(a: Any, b: Any) -> Any:
+        return _flip(k, grad_w(_dilate_and_pad(k, a, op), b))
+
+    def input_grad(a: Any, b: Any) -> Any:
+        return undilate(grad_x(a, _flip(k, b)))
+
+    with ctx.messenger.label("conv2d_transpose_grad"):
+        if needs[0]:
+            dy_masked = mask_operand(ctx, dy)
+            masked = kernel if isinstance(kernel, Masked) else mask_operand(ctx, kernel)
+            dx = truncate(ctx, masked_product(ctx, dy_masked, masked, input_grad, in_shape))
+            dk = truncate(ctx, beaver(ctx, x, dy_masked, kernel_grad, kernel_shape))
+        else:
+            dx, dk = None, truncate(ctx, beaver(ctx, x, dy, kernel_grad, kernel_shape))
+    grads = {"kernel": dk}
+    if op.use_bias:
+        grads["bias"] = Shared(k.sum(dy.share, axis=(0, 1, 2)))
+    return [dx], grads
+
+
 RULES: dict[str, Callable[..., Grads]] = {
+    "conv2d_transpose": _conv2d_transpose,
     "embedding": _embedding,
     "reverse": _reverse,
     "layer_norm": _layer_norm,

@@ -154,6 +154,14 @@ def tf_forward(node: Node, xs: list, params: Mapping):
         return tf.matmul(xs[0], xs[1])
     if kind == "embedding":  # x holds the one-hot rows the data owner shared
         return tf.tensordot(x, params["embeddings"], axes=1)
+    if kind == "conv2d_transpose":
+        from bridge.ir.shapes_attention import transpose_output
+
+        out = [transpose_output(size, window, stride, op.padding)
+               for size, window, stride in zip(x.shape[1:3], op.kernel_size, op.strides)]
+        y = tf.nn.conv2d_transpose(x, params["kernel"], (x.shape[0], *out, op.filters), op.strides,
+                                   op.padding.upper())
+        return y + params["bias"] if op.use_bias else y
     if kind == "reverse":
         return tf.reverse(x, axis=[op.axis % (rank - 1) + 1])
     if kind == "batch_norm":

@@ -190,7 +190,8 @@ def sequence_model() -> Model:
 def image_model() -> Model:
     """Grouped Conv2D, ReLU6, a dilated depthwise Conv2D and its pointwise half (separable),
     hard-swish, a frozen batch norm, a squeeze-and-excitation gate (keepdims pool, hard sigmoid,
-    Multiply), LeakyReLU, Permute, UpSampling2D, zero padding and a global max pool."""
+    Multiply), LeakyReLU, Permute, UpSampling2D, zero padding, a strided Conv2DTranspose and a
+    global max pool."""
     c = Chain({"x": (6, 6, 2)}, seed=6)
     h = c(irops.Conv2D(filters=4, kernel_size=3, padding="same", groups=2), "x", kernel=c.w(3, 3, 1, 4),
           bias=c.w(4, scale=0.1))
@@ -206,6 +207,8 @@ def image_model() -> Model:
     h = c(irops.Transpose(perm=(1, 0, 2)), h)
     h = c(irops.UpSample2D(size=(2, 1)), h)
     h = c(irops.Pad(pads=((1, 0), (0, 1), (0, 0))), h)
+    h = c(irops.Conv2DTranspose(filters=3, kernel_size=2, strides=2, padding="same"), h, kernel=c.w(2, 2, 3, 4),
+          bias=c.w(3, scale=0.1))
     out = _head(c, c(irops.GlobalMaxPool2D(), h))
     rng = np.random.default_rng(16)
     return Model(c.program(out), c.weights, rng.normal(size=(16, 6, 6, 2)), rng.integers(0, 3, size=16))
