@@ -247,8 +247,9 @@ def test_saturated_pre_activations_are_flagged_not_answered(backend_name):
 ROUNDS_PER_STEP = {"simple_rnn": 28, "lstm": 57, "gru_reset_after": 57, "gru_reset_before": 58}
 
 
-@pytest.mark.parametrize("backend_name", SECURE_BACKENDS)
-@pytest.mark.parametrize("name", list(ROUNDS_PER_STEP))
+@pytest.mark.parametrize("backend_name, name", [
+    pytest.param(b, n, marks=() if b == "torch-spdz" or n == "lstm" else pytest.mark.slow, id=f"{n}-{b}")
+    for n in ROUNDS_PER_STEP for b in SECURE_BACKENDS])  # the same protocol code: tf-pond's others under slow
 def test_rounds_per_step(backend_name, name):
     from bridge.ir import ops as irops
     from bridge.registry import get_backend
