@@ -73,6 +73,30 @@ def transformer_text_classifier() -> Any:
     return randomize_normalization(keras.Model(inputs, layers.Dense(2, activation="softmax")(x)))
 
 
+#: the token version's vocabulary
+VOCAB = 30
+
+
+def transformer_token_classifier() -> Any:
+    """keras.io 'Text classification with Transformer', whole: int token ids, TokenAndPositionEmbedding
+    written functionally (the token Embedding, plus the position Embedding of arange(maxlen), which
+    Keras computes when the model is built: a constant the importer shares as add_constant's
+    parameter), the transformer block, pooling and the two Dense layers."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    layers = keras.layers
+    inputs = keras.Input((MAXLEN,), dtype="int32")
+    tokens = layers.Embedding(VOCAB, EMBED_DIM)(inputs)
+    positions = layers.Embedding(MAXLEN, EMBED_DIM)(keras.ops.arange(0, MAXLEN))
+    x = transformer_block(tokens + positions, EMBED_DIM, NUM_HEADS, FF_DIM)
+    x = layers.GlobalAveragePooling1D()(x)
+    x = layers.Dropout(0.1)(x)
+    x = layers.Dense(20, activation="relu")(x)
+    x = layers.Dropout(0.1)(x)
+    return randomize_normalization(keras.Model(inputs, layers.Dense(2, activation="softmax")(x)))
+
+
 def causal_transformer() -> Any:
     """A decoder-style block: causal self-attention, keras.ops mean over the steps, exp and matmul."""
     import keras
