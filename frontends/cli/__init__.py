@@ -72,7 +72,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from frontends.cli.bench import run_bench
 
     run_bench(args.backend or None, args.workload or None, quick=args.quick, as_json=args.json,
-              kernels=args.kernels, recalibrate=args.recalibrate)
+              kernels=args.kernels, recalibrate=args.recalibrate, zoo=args.zoo, models=args.model)
     return 0
 
 
@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", action="store_true",
                    help="the exact matmul paths each backend timed on this host, and the one it chose")
     p.add_argument("--recalibrate", action="store_true", help="with --kernels: forget the cached choices first")
+    p.add_argument("--zoo", action="store_true",
+                   help="keras.applications models at 224x224 served encrypted (bridge.bench.zoo): time, MB, peak RSS")
+    p.add_argument("--model", action="append", help="with --zoo: model to run (repeatable; default: resnet50, mobilenetv2)")
     p.set_defaults(fn=_cmd_bench)
 
     p = sub.add_parser("demo", help="load_digits in plaintext and every privacy mode, one table")

@@ -23,6 +23,8 @@ def run_bench(
     as_json: bool = False,
     kernels: bool = False,
     recalibrate: bool = False,
+    zoo: bool = False,
+    models: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     from bridge.bench.suite import run_all, secure_backend_names
 
@@ -42,5 +44,11 @@ def run_bench(
         names = backends or secure_backend_names()
         rows = kernel_rows(names, recalibrate=recalibrate)
         emit(f"Exact matmul paths timed on this host ({cpu_model()}), milliseconds, and the choice", rows)
+        return rows
+    if zoo:
+        from bridge.bench.zoo import zoo_rows
+
+        rows = zoo_rows(models, backends, repeats=0 if quick else 1)
+        emit("Model zoo, encrypted serving embedded (one child process per row; --quick: the first query only)", rows)
         return rows
     return run_all(backends, quick=quick, workloads=workloads, emit=emit)
