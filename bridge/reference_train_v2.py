@@ -300,7 +300,15 @@ def _conv2d_transpose(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays
     return [dx], grads
 
 
+def _add_constant(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    """y = x + c, c broadcast from the right: dx = dy, dc = dy summed over what c was broadcast on."""
+    c = p["constant"]
+    lifted = (1,) * (dy.ndim - c.ndim) + c.shape
+    return [dy], {"constant": unbroadcast(dy, lifted).reshape(c.shape)}
+
+
 RULES: dict[str, ReferenceBackward] = {
+    "add_constant": _add_constant,
     "conv2d_transpose": _conv2d_transpose,
     "embedding": _embedding,
     "reverse": _reverse,

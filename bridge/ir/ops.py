@@ -714,7 +714,7 @@ TRAINABLE_V2: frozenset[str] = frozenset({
     "repeat_vector", "concat", "subtract", "multiply", "average", "maximum", "minimum", "prelu", "rescale",
     "elu", "gelu", "silu", "hard_sigmoid", "hard_silu", "softplus", "softsign",
     "layer_norm", "layer_scale", "reduce_sum", "reduce_mean", "exp", "matmul", "embedding", "reverse",
-    "conv2d_transpose",
+    "conv2d_transpose", "add_constant",
 })
 
 #: why a serving-only kind stays so, where there is more to say than that its rule is not written

@@ -595,7 +595,19 @@ def _conv2d_transpose(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, ca
     return [dx], grads
 
 
+def _add_constant(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
+                  needs: list[bool]) -> Grads:
+    """y = x + c (c the model owner's, broadcast from the right): dx = dy, dc = dy summed over
+    the axes c was broadcast on (a frozen constant's is dropped).  Local."""
+    k = env.ctx.kernels
+    c = env.param(node, "constant")
+    c_shape = _shape(env, c.value if isinstance(c, Masked) else c)
+    lifted = (1,) * (len(_shape(env, dy)) - len(c_shape)) + tuple(c_shape)
+    return [dy], {"constant": Shared(k.reshape(unbroadcast(k, dy, lifted).share, c_shape))}
+
+
 RULES: dict[str, Callable[..., Grads]] = {
+    "add_constant": _add_constant,
     "conv2d_transpose": _conv2d_transpose,
     "embedding": _embedding,
     "reverse": _reverse,

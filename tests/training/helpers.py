@@ -162,6 +162,8 @@ def tf_forward(node: Node, xs: list, params: Mapping):
         y = tf.nn.conv2d_transpose(x, params["kernel"], (x.shape[0], *out, op.filters), op.strides,
                                    op.padding.upper())
         return y + params["bias"] if op.use_bias else y
+    if kind == "add_constant":
+        return x + params["constant"]
     if kind == "reverse":
         return tf.reverse(x, axis=[op.axis % (rank - 1) + 1])
     if kind == "batch_norm":

@@ -58,7 +58,7 @@ GRAD_TOLERANCE: dict[str, float] = {
     "layer_norm": 3e-3,
     # embedding: one_hot^T dy, a Beaver product of exact one-hot rows (one truncation); reverse: local
     "embedding": 1e-3, "reverse": 1e-4,
-    "conv2d_transpose": 3e-3,
+    "conv2d_transpose": 3e-3, "add_constant": 1e-4,
 }
 
 
