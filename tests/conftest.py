@@ -57,6 +57,13 @@ SLOW_SCENARIOS: dict[tuple[str, str, str], str] = {
         "kept: torch-spdz with the dealer killed",
     ("tests/distributed/test_federated.py", "test_a_client_killed_mid_share_is_dropped_and_the_others_finish",
      "tf-pond"): "kept: torch-spdz",
+    ("tests/distributed/test_user_script.py", "test_same_script_embedded_and_launched", "tf-pond"):
+        "kept: torch-spdz (the same script serving and training, embedded and launched); tf-pond's launched "
+        "serving in tests/distributed/test_launch.py, Keras on torch with tf-pond embedded in "
+        "tests/backends/test_switching.py; repeated by test_stress_same_script_embedded_and_launched",
+    ("tests/distributed/test_federated.py", "test_federated_rounds_across_processes_match_embedded", "tf-pond"):
+        "six Keras processes (about 90 s on a quiet 2-core host); kept: torch-spdz, and tf-pond's gRPC "
+        "transport across processes in tests/distributed/test_launch.py (serving and training)",
     ("tests/training/test_fit_arguments.py", "test_secure_validation_split_reports_the_held_out_rows", "tf-pond"):
         "the split is made in the front end, before any backend; kept: torch-spdz",
     ("tests/training/test_fit_arguments.py", "test_secure_training_of_two_inputs_follows_the_reference", "tf-pond"):
@@ -87,8 +94,16 @@ def _slow_reason(item: pytest.Item) -> str | None:
     return None
 
 
+#: test files whose tests start Python processes (each pays its Keras/torch/TensorFlow imports,
+#: seconds of CPU): they run first, so that the two workers end together on short tests instead
+#: of one waiting for the other's last long launch
+STARTS_PROCESSES = ("tests/distributed/", "tests/examples/")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         why = _slow_reason(item)
         if why is not None:
             item.add_marker(pytest.mark.slow(reason=why))
+    # a stable sort: each file's tests stay together and in order (module fixtures are made once)
+    items.sort(key=lambda item: not item.nodeid.startswith(STARTS_PROCESSES))

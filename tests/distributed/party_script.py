@@ -1,12 +1,15 @@
 """The user script the distributed tests launch: the same code in every party's process.
 
-    party_script.py PROGRAM_DIR BACKEND OUT_DIR [fault VICTIM SENDS]
+    party_script.py PROGRAM_DIR BACKEND OUT_DIR [fault VICTIM SENDS | train TRAIN_PROGRAM_DIR EPOCHS]
 
 Each process prepares the saved Program as its own party (``cluster_from_environment``)
 and serves the batches of ``models.batches``; it writes what it received and its own
 traffic per label to ``OUT_DIR/<party>.json``.  With ``fault``, party VICTIM kills
 itself (SIGKILL, no goodbye) on its SENDS-th message of the first run, and the
-others record when and how they stopped.
+others record when and how they stopped.  With ``train``, the same processes then train
+TRAIN_PROGRAM_DIR over the transport they have open (``train_script.train``) and write
+``OUT_DIR/<party>.train.json``: one launch checks serving and training (each launch
+costs every party's imports, seconds of CPU each).
 """
 
 from __future__ import annotations
@@ -60,7 +63,9 @@ def snapshot(stats) -> dict:
 
 def main() -> None:
     program_dir, backend_name, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    fault = sys.argv[4:7] if len(sys.argv) > 4 else None
+    extra = sys.argv[4:7]
+    fault = extra if extra[:1] == ["fault"] else None
+    then_train = extra if extra[:1] == ["train"] else None
     found = cluster_from_environment(os.environ)
     assert found is not None, "run me with privacy-bridge party/launch"
     cluster, party = found
@@ -87,6 +92,10 @@ def main() -> None:
         (out_dir / f"{party}.json").write_text(json.dumps(record))
         raise
     (out_dir / f"{party}.json").write_text(json.dumps(record))
+    if then_train is not None:
+        from tests.distributed.train_script import train
+
+        train(then_train[1], backend_name, out_dir / f"{party}.train.json", int(then_train[2]))
 
 
 if __name__ == "__main__":

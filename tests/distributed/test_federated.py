@@ -56,9 +56,28 @@ def _launched(tmp_path: Path, backend: str, clients: int, extra: list[str]) -> t
     return _results(log.getvalue()), report, log.getvalue()
 
 
-@pytest.mark.parametrize("backend", SECURE_BACKENDS)
-def test_federated_rounds_across_processes_match_embedded(tmp_path, backend):
-    alone = _results(run_embedded(SCRIPT, ["2", str(ROUNDS)], backend, tmp_path))["embedded"]
+#: both launched tests of a backend compare with the same embedded 2-client run: one worker
+#: runs them (``--dist loadgroup``) and the run is made once (a Keras process: seconds of CPU)
+BACKENDS = [pytest.param(b, marks=pytest.mark.xdist_group(f"federated-{b}")) for b in SECURE_BACKENDS]
+
+
+@pytest.fixture(scope="module")
+def embedded_two_clients(tmp_path_factory):
+    """``run(backend)``: the embedded 2-client, ROUNDS-round result of the script, once per backend."""
+    done: dict[str, dict] = {}
+
+    def run(backend: str) -> dict:
+        if backend not in done:
+            where = tmp_path_factory.mktemp(f"federated-embedded-{backend}")
+            done[backend] = _results(run_embedded(SCRIPT, ["2", str(ROUNDS)], backend, where))["embedded"]
+        return done[backend]
+
+    return run
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_federated_rounds_across_processes_match_embedded(tmp_path, backend, embedded_two_clients):
+    alone = embedded_two_clients(backend)
 
     results, report, log = _launched(tmp_path, backend, 2, [])
     assert report.exit_code == 0 and report.killed == [], log[-3000:]
@@ -85,8 +104,8 @@ def test_federated_rounds_across_processes_match_embedded(tmp_path, backend):
     assert owner["logs"]["bytes_sent"] == [2 * 8 * (2 + PARAMETERS) + 2 * 8 * 2] * ROUNDS
 
 
-@pytest.mark.parametrize("backend", SECURE_BACKENDS)
-def test_a_client_killed_mid_share_is_dropped_and_the_others_finish(tmp_path, backend):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_client_killed_mid_share_is_dropped_and_the_others_finish(tmp_path, backend, embedded_two_clients):
     results, report, log = _launched(tmp_path, backend, 3, ["kill", "carol"])
     assert report.returncodes["carol"] == -9, log[-3000:]
     assert report.killed == [], f"the launcher had to kill {report.killed}: they hung\n{log[-3000:]}"
@@ -98,7 +117,7 @@ def test_a_client_killed_mid_share_is_dropped_and_the_others_finish(tmp_path, ba
     assert "did not reach both aggregators" in rounds[0]["dropped"]["carol"]
     assert "its process is gone" in rounds[1]["dropped"]["carol"] and "'carol'" in rounds[1]["dropped"]["carol"]
     # the survivors' model is the average of alice's and bob's updates alone: the 2-client run's
-    two = _results(run_embedded(SCRIPT, ["2", str(ROUNDS)], backend, tmp_path))["embedded"]
+    two = embedded_two_clients(backend)
     for got, want in zip(results["model_owner"]["weights"], two["weights"], strict=True):
         np.testing.assert_allclose(got, want, atol=1e-6)
 

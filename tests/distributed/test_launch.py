@@ -26,17 +26,23 @@ from tests.distributed.conftest import TIMEOUT_S, loopback_cluster
 from tests.distributed.models import CLIENT, batches, tiny_mlp, tiny_training, training_data
 
 SCRIPT = Path(__file__).with_name("party_script.py")
-TRAIN_SCRIPT = Path(__file__).with_name("train_script.py")
 EPOCHS = 2
 
 
 class LaunchedRun:
-    """One ``launch`` of a party script over a loopback cluster, and what each party wrote."""
+    """One ``launch`` of a party script over a loopback cluster, and what each party wrote.
+    With ``train_model``, the same processes train it after serving (``party_script.py train``)."""
 
     def __init__(self, root: Path, backend: str, extra: list[str], timeout_s: float = TIMEOUT_S,
-                 model: Callable[[], tuple[Program, dict[str, np.ndarray]]] = tiny_mlp, script: Path = SCRIPT) -> None:
+                 model: Callable[[], tuple[Program, dict[str, np.ndarray]]] = tiny_mlp,
+                 train_model: Callable[[], tuple[Program, dict[str, np.ndarray]]] | None = None) -> None:
+        self.backend = backend
         self.program, self.weights = model()
         save_program(root / "program", self.program, self.weights)
+        if train_model is not None:
+            self.train_program, self.train_weights = train_model()
+            save_program(root / "training", self.train_program, self.train_weights)
+            extra = [*extra, "train", str(root / "training"), str(EPOCHS)]
         self.cluster = loopback_cluster(timeout_s=timeout_s)
         (root / "cluster.toml").write_text(to_toml(self.cluster))
         self.out = root / "out"
@@ -45,15 +51,15 @@ class LaunchedRun:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         self.report: LaunchReport = launch_parties(
             root / "cluster.toml",
-            [str(script), str(root / "program"), backend, str(self.out), *extra],
-            timeout_s=120,
+            [str(SCRIPT), str(root / "program"), backend, str(self.out), *extra],
+            timeout_s=180,
             grace_s=30,
             stream=self.log,
             env=env,
         )
 
-    def record(self, party: str) -> dict:
-        path = self.out / f"{party}.json"
+    def record(self, party: str, part: str = "") -> dict:
+        path = self.out / f"{party}{part}.json"
         assert path.exists(), f"party {party} wrote nothing; its output:\n{self.output(party)}"
         return json.loads(path.read_text())
 
@@ -61,17 +67,27 @@ class LaunchedRun:
         return "".join(line for line in self.log.getvalue().splitlines(True) if line.startswith(f"[{party}]"))
 
 
+@pytest.fixture(scope="module", params=[pytest.param(b, marks=pytest.mark.xdist_group(f"launch-{b}"))
+                                        for b in SECURE_BACKENDS])
+def launched(request, tmp_path_factory) -> LaunchedRun:
+    """One launch per backend, shared by the serving and the training test: three processes
+    serve ``tiny_mlp``, then train ``tiny_training`` over the same transports.  (``make test``
+    runs with ``--dist loadgroup``: both tests land on one worker, which launches once.)"""
+    return LaunchedRun(tmp_path_factory.mktemp(f"launch-{request.param}"), request.param, [], timeout_s=30.0,
+                       train_model=tiny_training)
+
+
 def counts(stats) -> dict:
     return {party: {label: list(v) for label, v in labels.items()} for party, labels in stats.snapshot().items()}
 
 
-@pytest.mark.parametrize("backend", SECURE_BACKENDS)
-def test_serving_matches_embedded_with_identical_counts(tmp_path, backend):
-    run = LaunchedRun(tmp_path, backend, [])
-    assert run.report.exit_code == 0, run.log.getvalue()[-3000:]
-    assert run.report.killed == []
+def test_serving_matches_embedded_with_identical_counts(launched):
+    run = launched
+    assert run.report.killed == [], run.log.getvalue()[-3000:]
+    # the serving part ended well in every process (the training test checks the exit statuses)
+    assert all("error" not in run.record(p) for p in run.cluster.names), run.log.getvalue()[-3000:]
 
-    embedded = get_backend(backend).prepare(run.program, run.weights)
+    embedded = get_backend(run.backend).prepare(run.program, run.weights)
     setup = counts(embedded.setup_stats)
     per_run = []
     outputs = []
@@ -105,29 +121,31 @@ def _train(executable, epochs: int) -> list[tuple[float, float]]:
     return steps
 
 
-@pytest.mark.parametrize("backend", SECURE_BACKENDS)
-def test_training_matches_embedded_with_identical_counts(tmp_path, backend):
-    run = LaunchedRun(tmp_path, backend, [str(EPOCHS)], timeout_s=30.0, model=tiny_training, script=TRAIN_SCRIPT)
+def test_training_matches_embedded_with_identical_counts(launched):
+    """The processes that served go on to train (the serving test's launch): the counts of the
+    training executable are its own, as embedded."""
+    run = launched
     assert run.report.exit_code == 0, run.log.getvalue()[-3000:]
+    program, weights = run.train_program, run.train_weights
 
-    embedded = get_backend(backend).prepare_training(run.program, run.weights, metrics=("accuracy",))
+    embedded = get_backend(run.backend).prepare_training(program, weights, metrics=("accuracy",))
     setup = counts(embedded.setup_stats)
     steps, step_counts = [], []
     x, y = training_data()
     rows = embedded.load_data({CLIENT: (x, y)})
     for epoch in range(EPOCHS):
-        for batch in batch_schedule(rows, run.program.training.batch_size, epoch, seed=0):
+        for batch in batch_schedule(rows, program.training.batch_size, epoch, seed=0):
             step = embedded.train_batch(batch)
             steps.append((step.loss, step.metrics["accuracy"]))
             step_counts.append(counts(step.stats))
     embedded_weights = embedded.weights()
-    plain = ReferenceTrainingExecutable(run.program, run.weights, metrics=("accuracy",))
+    plain = ReferenceTrainingExecutable(program, weights, metrics=("accuracy",))
     reference_steps = _train(plain, EPOCHS)
     reference_weights = plain.weights()
 
-    owner = run.program.placement.param_owner
+    owner = program.placement.param_owner
     for party in run.cluster.names:
-        record = run.record(party)
+        record = run.record(party, ".train")
         assert record["setup_stats"] == {party: setup[party]}
         assert record["step_stats"] == [{party: c[party]} for c in step_counts]
         # only the model owner learns the loss, the metrics and the trained weights
@@ -141,10 +159,10 @@ def test_training_matches_embedded_with_identical_counts(tmp_path, backend):
         else:
             assert record["losses"] == [None] * len(steps) and record["weights"] == {}
     # the model kept shared answers the client's query, and only the client
-    served = run.record(CLIENT)["served"]["p"]
-    want = run_reference(run.program, reference_weights, {"x": batches()[0]})["p"]
+    served = run.record(CLIENT, ".train")["served"]["p"]
+    want = run_reference(program, reference_weights, {"x": batches()[0]})["p"]
     np.testing.assert_allclose(np.array(served), want, atol=5e-3)
-    assert all(run.record(p)["served"] == {} for p in run.cluster.names if p != CLIENT)
+    assert all(run.record(p, ".train")["served"] == {} for p in run.cluster.names if p != CLIENT)
     assert reference_steps[-1][0] < reference_steps[0][0]  # it learned something
 
 

@@ -18,54 +18,54 @@ from bridge.ir import Role
 from tests.distributed.conftest import loopback_cluster, run_embedded, script_env
 
 
+#: one unchanged Keras script; its arguments say which parts run: "serve" (encrypted serving,
+#: the client prints the predictions) and/or "train" (encrypted training, every process prints
+#: what it ended with).  One process per run does both parts where a test needs both.
 USER_SCRIPT = """
 import json, os, sys
 import numpy as np
 import keras
 from frontends.keras import privatize
 
-model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, activation="relu"), keras.layers.Dense(3)])
-rng = np.random.default_rng(1)
-model.set_weights([rng.normal(0.0, 0.5, w.shape).astype("float32") for w in model.get_weights()])
-x = np.random.default_rng(2).normal(size=(10, 8)).astype("float32")
-private = privatize(model, privacy="encrypted_serving")
-out = private.predict(x, batch_size=4, verbose=0)
-if out is not None:  # only the client process receives predictions
-    stats = private.last_stats
-    print("RESULT " + json.dumps({"out": out.tolist(), "keras": model.predict(x, verbose=0).tolist(),
-                                  "party": os.environ.get("PRIVACY_BRIDGE_PARTY", "embedded")}))
+party = os.environ.get("PRIVACY_BRIDGE_PARTY", "embedded")
+parts = sys.argv[1:] or ["serve"]
+
+if "serve" in parts:
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, activation="relu"), keras.layers.Dense(3)])
+    rng = np.random.default_rng(1)
+    model.set_weights([rng.normal(0.0, 0.5, w.shape).astype("float32") for w in model.get_weights()])
+    x = np.random.default_rng(2).normal(size=(10, 8)).astype("float32")
+    private = privatize(model, privacy="encrypted_serving")
+    out = private.predict(x, batch_size=4, verbose=0)
+    if out is not None:  # only the client process receives predictions
+        stats = private.last_stats
+        print("RESULT " + json.dumps({"part": "serve", "out": out.tolist(),
+                                      "keras": model.predict(x, verbose=0).tolist(), "party": party}))
+
+if "train" in parts:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.25), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, size=(24, 6)).astype("float32")
+    y = np.argmax(x[:, :3], axis=1)
+    start = [w.copy() for w in model.get_weights()]
+    private = privatize(model, privacy="encrypted_training")
+    history = private.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    print("RESULT " + json.dumps({
+        "part": "train",
+        "party": party,
+        "received": history.received_weights,
+        "loss": history.history["loss"],
+        "changed": any(not np.array_equal(a, b) for a, b in zip(start, model.get_weights())),
+        "weights": [w.tolist() for w in model.get_weights()],
+    }))
 """
 
 
-TRAINING_SCRIPT = """
-import json, os
-import numpy as np
-import keras
-from frontends.keras import privatize
-
-keras.utils.set_random_seed(0)
-model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
-                          keras.layers.Dense(3, activation="softmax")])
-model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.25), loss="sparse_categorical_crossentropy",
-              metrics=["accuracy"])
-rng = np.random.default_rng(2)
-x = rng.uniform(-1, 1, size=(24, 6)).astype("float32")
-y = np.argmax(x[:, :3], axis=1)
-start = [w.copy() for w in model.get_weights()]
-private = privatize(model, privacy="encrypted_training")
-history = private.fit(x, y, epochs=2, batch_size=8, verbose=0)
-print("RESULT " + json.dumps({
-    "party": os.environ.get("PRIVACY_BRIDGE_PARTY", "embedded"),
-    "received": history.received_weights,
-    "loss": history.history["loss"],
-    "changed": any(not np.array_equal(a, b) for a, b in zip(start, model.get_weights())),
-    "weights": [w.tolist() for w in model.get_weights()],
-}))
-"""
-
-
-
-def _launch(backend: str, tmp_path: Path, script: Path) -> subprocess.CompletedProcess:
+def _launch(backend: str, tmp_path: Path, script: Path, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """``privacy-bridge launch`` of ``script`` as server0 (compute, model owner), server1 (compute,
     data owner, client) and a dealer, each in its own process."""
     cluster = loopback_cluster({
@@ -76,41 +76,73 @@ def _launch(backend: str, tmp_path: Path, script: Path) -> subprocess.CompletedP
     cluster_file = tmp_path / "cluster.toml"
     cluster_file.write_text(to_toml(cluster))
     launched = subprocess.run(
-        [sys.executable, "-m", "frontends.cli", "launch", "--cluster", str(cluster_file), "--", str(script)],
+        [sys.executable, "-m", "frontends.cli", "launch", "--cluster", str(cluster_file), "--", str(script), *args],
         env=script_env(backend), cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
     return launched
 
 
-def _results(stdout: str) -> list[dict]:
-    return [json.loads(line.split("RESULT ", 1)[1]) for line in stdout.splitlines() if "RESULT " in line]
+def _results(stdout: str, part: str = "serve") -> list[dict]:
+    found = [json.loads(line.split("RESULT ", 1)[1]) for line in stdout.splitlines() if "RESULT " in line]
+    return [r for r in found if r["part"] == part]
 
 
-@pytest.mark.parametrize("backend", ["torch-spdz", "tf-pond"])
-def test_same_script_embedded_and_launched(backend, tmp_path):
-    script = tmp_path / "user_script.py"
-    script.write_text(USER_SCRIPT)
-    (alone,) = _results(run_embedded(script, [], backend, tmp_path))
+#: the parts one run does per backend: on torch-spdz the serving and the training test share one
+#: embedded run and one launch (each costs every process's Keras/torch imports, seconds of CPU);
+#: on tf-pond each test runs its own part (its training case runs in make test-slow only)
+SHARED_PARTS = {"torch-spdz": ("serve", "train")}
 
-    launched = _launch(backend, tmp_path, script)
-    (distributed,) = _results(launched.stdout)  # exactly one process, the client, got outputs
+
+def _case(backend: str, test: str):
+    if backend in SHARED_PARTS:
+        return pytest.param(backend, marks=pytest.mark.xdist_group(f"user-script-{backend}"))
+    if backend == "tf-pond" and test == "train":
+        # tf-pond's launched training also runs in tests/distributed/test_launch.py (counts equal to
+        # embedded); this unchanged-user-script variant of it (about 3 min on a loaded 2-core host)
+        # runs in make test-slow
+        return pytest.param(backend, marks=pytest.mark.slow)
+    return backend
+
+
+@pytest.fixture(scope="module")
+def script_runs(tmp_path_factory):
+    """``runs(backend, part)``: (stdout embedded, stdout launched) of USER_SCRIPT doing ``part`` (and,
+    on a backend of SHARED_PARTS, every part of it), run once per test process and backend."""
+    done: dict[tuple[str, tuple[str, ...]], tuple[str, str]] = {}
+
+    def runs(backend: str, part: str) -> tuple[str, str]:
+        parts = SHARED_PARTS.get(backend, (part,))
+        if (backend, parts) not in done:
+            where = tmp_path_factory.mktemp(f"user-script-{backend}")
+            script = where / "user_script.py"
+            script.write_text(USER_SCRIPT)
+            alone = run_embedded(script, list(parts), backend, where)
+            launched = _launch(backend, where, script, parts).stdout
+            done[backend, parts] = (alone, launched)
+        return done[backend, parts]
+
+    return runs
+
+
+@pytest.mark.parametrize("backend", [_case(b, "serve") for b in ("torch-spdz", "tf-pond")])
+def test_same_script_embedded_and_launched(backend, script_runs):
+    alone_out, launched_out = script_runs(backend, "serve")
+    (alone,) = _results(alone_out)
+    (distributed,) = _results(launched_out)  # exactly one process, the client, got outputs
+    assert alone["party"] == "embedded"
     assert distributed["party"] == "server1"
     np.testing.assert_allclose(distributed["out"], distributed["keras"], atol=3e-3)
     np.testing.assert_allclose(distributed["out"], alone["out"], atol=3e-3)
 
 
-# tf-pond's launched training also runs in tests/distributed/test_launch.py (counts equal to embedded);
-# this unchanged-user-script variant of it (about 3 min on a loaded 2-core host) runs in make test-slow
-@pytest.mark.parametrize("backend", ["torch-spdz", pytest.param("tf-pond", marks=pytest.mark.slow)])
-def test_same_training_script_embedded_and_launched(backend, tmp_path):
-    script = tmp_path / "train_script.py"
-    script.write_text(TRAINING_SCRIPT)
-    (alone,) = _results(run_embedded(script, [], backend, tmp_path))
+@pytest.mark.parametrize("backend", [_case(b, "train") for b in ("torch-spdz", "tf-pond")])
+def test_same_training_script_embedded_and_launched(backend, script_runs):
+    alone_out, launched_out = script_runs(backend, "train")
+    (alone,) = _results(alone_out, "train")
     assert alone["received"] and alone["changed"]
 
-    launched = _launch(backend, tmp_path, script)
-    results = {r["party"]: r for r in _results(launched.stdout)}
+    results = {r["party"]: r for r in _results(launched_out, "train")}
     assert sorted(results) == ["dealer", "server0", "server1"]
     # the model owner's process (server0) alone gets the loss and the trained weights
     owner = results["server0"]

@@ -34,8 +34,9 @@ def snapshot(stats) -> dict:
     return {party: {label: list(v) for label, v in labels.items()} for party, labels in stats.snapshot().items()}
 
 
-def main() -> None:
-    program_dir, backend_name, out_dir, epochs = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+def train(program_dir: str, backend_name: str, out_path: Path, epochs: int) -> None:
+    """This process's party trains the Program at ``program_dir``; its record goes to ``out_path``.
+    Also called by ``party_script.py`` after serving, over the transport the process has open."""
     found = cluster_from_environment(os.environ)
     assert found is not None, "run me with privacy-bridge party/launch"
     cluster, party = found
@@ -59,7 +60,14 @@ def main() -> None:
     served = executable.serving().run({"x": batches()[0] if party == owner else np.zeros_like(batches()[0])})
     record["served"] = {k: v.tolist() for k, v in served.outputs.items()}
     record["weights"] = {k: v.tolist() for k, v in executable.weights().items()}
-    (out_dir / f"{party}.json").write_text(json.dumps(record))
+    out_path.write_text(json.dumps(record))
+
+
+def main() -> None:
+    program_dir, backend_name, out_dir, epochs = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+    found = cluster_from_environment(os.environ)
+    assert found is not None, "run me with privacy-bridge party/launch"
+    train(program_dir, backend_name, out_dir / f"{found[1]}.json", epochs)
 
 
 if __name__ == "__main__":
