@@ -403,3 +403,22 @@ def test_text_cnn_on_token_ids_trains_as_the_reference(secure_backend):
     table_before, table_after = start[0], secure.get_weights()[0]
     np.testing.assert_allclose(table_after[14:], table_before[14:], atol=2**-16, rtol=0)  # encoding only
     assert np.abs(table_after[:14] - table_before[:14]).max() > 2**-12
+
+
+def test_overflow_check_reads_magnitudes_from_plain_relus_only(secure_backend):
+    """A dense output of -1500 feeding LeakyReLU(0.4): |x| = 2 relu(x) - x holds for a plain ReLU
+    only (here it would read 2 (-600) + 1500 = 300, under the bound 1024); the two-sided check
+    flags the layer, and training stops before the step."""
+    from bridge.mpc.training import TrainingOverflowError
+
+    c = Chain({"x": (2,)})
+    h = c(irops.Dense(units=2), "x", kernel=np.array([[1000.0, 0.0], [0.0, 1.0]]), bias=np.zeros(2))
+    out = _head(c, c(irops.Relu(negative_slope=0.4), h))
+    program = c.program(out)
+    secure = SecureTrainingExecutable(program, c.weights, secure_backend.make_kernels(), timeout_s=60)
+    try:
+        secure.load_data({"alice": (np.array([[-1.5, 0.1], [0.2, 0.3]]), np.array([0, 1]))})
+        with pytest.raises(TrainingOverflowError, match=f"fixed-point overflow in layer '{h}'"):
+            secure.train_batch(np.arange(2))
+    finally:
+        secure.close()
