@@ -4,7 +4,8 @@ Each row is one model on one backend, embedded (every party in threads of one pr
 measured in a fresh child process so that its peak resident set (``ru_maxrss``) is that
 row's alone: Keras, the framework, the model, the shared weights and the run.  A row
 gives the wall time of the setup (sharing the weights) and of a query after a warm-up
-query (the warm-up pays the kernel choice of new shapes), each compute party's bytes and
+query (the warm-up pays the kernel choice of new shapes), the process's CPU seconds in that
+query (user + system, all threads: what a loaded host does not stretch), each compute party's bytes and
 rounds (the client's input sharing excluded, as in the inference rows), the dealer's
 bytes, the peak RSS, the RSS before anything was shared, the load average of the host,
 and how far the output is from ``model.predict`` (max abs error, argmax agreement).
@@ -72,6 +73,13 @@ def _rss_mb() -> float:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         return 0.0
+
+
+def _cpu_s() -> float:
+    """This process's CPU seconds (user + system, every thread): on a shared host, the figure
+    that other processes' load does not stretch."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _peak_rss_mb() -> float:
@@ -185,10 +193,13 @@ def measure(name: str, backend_name: str, batch: int = 1, repeats: int = 1, time
     times, result = [], None
     sampler = Sampler(tuple(program.placement.compute_parties))
 
+    cpu: list[float] = []
+
     def timed() -> Any:
-        start = time.perf_counter()
+        start, used = time.perf_counter(), _cpu_s()
         done = executable.run(inputs)
         times.append(time.perf_counter() - start)
+        cpu.append(_cpu_s() - used)
         return done
 
     with sampler if profile and repeats <= 0 else contextlib.nullcontext():  # the warm-up, sampled when alone
@@ -198,8 +209,8 @@ def measure(name: str, backend_name: str, batch: int = 1, repeats: int = 1, time
             result = timed()
     executable.close()
     assert result is not None
-    first_s = times[0]
-    times = times[1:] or times
+    first_s, first_cpu = times[0], cpu[0]
+    times, cpu = times[1:] or times, cpu[1:] or cpu
     (got,) = result.outputs.values()
     stats = result.stats
     compute = program.placement.compute_parties
@@ -213,6 +224,8 @@ def measure(name: str, backend_name: str, batch: int = 1, repeats: int = 1, time
         "setup_s": setup_s,
         "first_s": first_s,
         "wall_s": float(min(times)),
+        "cpu_s": float(cpu[int(np.argmin(times))]),
+        "first_cpu_s": first_cpu,
         "bytes_per_party": max(stats.total_bytes(p, EXCLUDE) for p in compute),
         "rounds": max(stats.total_rounds(p, EXCLUDE) for p in compute),
         "dealer_bytes": stats.total_bytes(dealer) if dealer else 0,
