@@ -254,7 +254,28 @@ def constant_tensor_operand(operation: Any, tensor: _Tensor, constant: Any, swap
     return True
 
 
+def _elementwise_operation(operation: Any, args: list[Any], output: str, b: _Builder) -> None:
+    """keras.ops negative / square / maximum / minimum of model tensors: Rescale(-1), x * x (one
+    Beaver product) and the secure max/min of tensors of one shape (scalars are refused)."""
+    kind = type(operation).__name__
+    tensors = [a for a in args if isinstance(a, _Tensor)]
+    if kind in ("Negative", "Square"):
+        (x,) = tensors
+        op = irops.Rescale(scale=-1.0) if kind == "Negative" else irops.Multiply()
+        b.emit(operation.name, op, [x.value] if kind == "Negative" else [x.value, x.value], output)
+        return
+    if len(tensors) != 2 or b.shapes[tensors[0].value] != b.shapes[tensors[1].value]:
+        raise _op_refuse(operation, "a constant or an operand of another shape",
+                         "maximum/minimum of two model tensors of one shape (for max(x, 0) use relu)")
+    op = irops.Maximum() if kind == "Maximum" else irops.Minimum()
+    b.emit(operation.name, op, [t.value for t in tensors], output)
+
+
 OPERATION_RULES = {
+    "Negative": _elementwise_operation,
+    "Square": _elementwise_operation,
+    "Maximum": _elementwise_operation,
+    "Minimum": _elementwise_operation,
     "Mean": _reduction,
     "Sum": _reduction,
     "Matmul": _matmul_operation,

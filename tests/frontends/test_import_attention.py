@@ -1,6 +1,6 @@
 """Importer rules of frontends/keras/import_attention.py: what is read, what is refused (values
 against model.predict under both Keras backends are in keras_check's attention and conv-transpose
-graphs), and that the new serving-only layers are refused for encrypted training up front."""
+graphs)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,19 @@ def test_position_embedding_constant_is_a_shared_parameter():
     np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
 
 
+def test_elementwise_keras_ops_match_predict():
+    a, c = keras.Input((3, 4), name="a"), keras.Input((3, 4), name="c")
+    h = keras.ops.maximum(keras.ops.negative(a), c) - keras.ops.minimum(a, keras.ops.square(c))
+    model = keras.Model([a, c], h)
+    program, weights = to_ir(model)
+    assert [n.op.kind for n in program.graph.nodes] == ["rescale", "multiply", "maximum", "minimum", "subtract"]
+    xs = [np.random.default_rng(i).normal(size=(2, 3, 4)).astype(np.float32) for i in (1, 2)]
+    (got,) = run_reference(program, weights, dict(zip(program.graph.inputs, xs))).values()
+    np.testing.assert_allclose(got, model.predict(xs, verbose=0), atol=1e-5)
+
+
 REFUSALS = {
+    "maximum_scalar": (lambda x: keras.ops.maximum(x, 0.5), "maximum/minimum of two model tensors"),
     "attention_mask": (lambda x: keras.layers.MultiHeadAttention(2, 2, name="m")(
         x, x, attention_mask=keras.ops.matmul(x, keras.ops.transpose(x, (0, 2, 1)))),
         "a tensor passed by keyword (attention_mask)"),
@@ -70,15 +82,3 @@ def test_unsupported_attention_and_ops_options_are_refused_by_name(case):
     with pytest.raises(UnsupportedLayerError) as info:
         to_ir(model)
     assert message in str(info.value)
-
-
-def test_serving_only_attention_is_refused_for_training_before_anything_runs():
-    from bridge.reference_train import TrainingRefused
-    from privacy_bridge import privatize
-
-    x = keras.Input((4, 6))
-    h = keras.layers.MultiHeadAttention(2, 3, name="att")(x, x)
-    model = keras.Model(x, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h)))
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
-    with pytest.raises(TrainingRefused, match=r"layer 'att' \(multi_head_attention\) cannot be trained encrypted"):
-        privatize(model, privacy="encrypted_training", backend="torch-spdz")
