@@ -12,7 +12,9 @@ MultiHeadAttention on query (n, T, Dq), value (n, S, Dv), key (n, S, Dk) (key = 
   4. ``functions.softmax`` over the key axis (the Softmax op's protocol).
   5. weights v per (example, head): a second secret x secret product; then the output
      projection (masked kernel) and bias.
-  Rounds: 3 (projections) + 1 + ~40 (softmax) + 1 + 1.  Error: each attention weight carries
+  Rounds: 3 (projections) + 1 + softmax's 5 ceil(log2 S) + 14 + 2 t (t Newton steps of the
+  reciprocal on [1, S]) + 1 + 1: 40 for S = 4, 47 for S = 8 (``tests/conformance/test_attention``).
+  Error: each attention weight carries
   softmax's error (at most 5e-3 absolute, mostly exp's 256 2^-16 relative), so an output
   before the projection is off by at most 5e-3 sum_s |v_s| + 2^-16, and after it by that
   times the output kernel's column sums; ``tests/conformance`` measures it.
@@ -109,7 +111,8 @@ def multi_head_attention(env: Any, node: Node, xs: list[Shared]) -> tuple[Shared
         y = matmul(ctx, Shared(flat), _param(ctx, out_kernel, (op.num_heads * op.value_dim, width)))
         if op.use_bias:
             y = add(ctx, y, _value(env.param(node, "output_bias")))
-    return Shared(k.reshape(y.share, (n, steps_q, width))), None
+    # the backward pass reads the projections, the attention weights and the heads
+    return Shared(k.reshape(y.share, (n, steps_q, width))), (q, keys, v, weights, Shared(flat))
 
 
 def matmul_rule(env: Any, node: Node, xs: list[Shared]) -> tuple[Shared, Any]:

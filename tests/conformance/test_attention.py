@@ -85,3 +85,40 @@ def test_attention_over_longer_sequences_stays_within_tolerance(backend_name):
     x = np.random.default_rng(8).normal(size=(2, 16, 4))
     got, want = _run(backend_name, case, {"x0": x, "x1": x[::-1].copy()})
     np.testing.assert_allclose(got, want, atol=2e-2, rtol=0)
+
+
+# -- cost: rounds exact, comparisons per row ----------------------------------------------------------
+
+def _op_stats(case) -> dict[str, tuple[int, int]]:
+    from bridge.registry import get_backend
+
+    executable = get_backend("torch-spdz").prepare(case.program, case.weights)
+    try:
+        stats = executable.run(case.inputs).stats.snapshot()["server0"]
+    finally:
+        executable.close()
+    return {label: value for label, value in stats.items() if label.split("/")[0] == "op"}
+
+
+def test_layer_norm_costs_22_rounds_and_compares_once_per_row():
+    """1 (square) + 19 (div_sqrt with its numerator) + 1 (d s) + 1 (gamma), whatever the row width;
+    the comparison bytes depend on the number of rows only (not on N)."""
+    costs = []
+    for width in (4, 64):
+        case = _case("layer_norm", irops.LayerNorm(), [(3, width)], {"gamma": _w(width), "beta": _w(width, seed=2)})
+        stats = _op_stats(case)
+        compare = sum(b for label, (b, _) in stats.items() if "/compare" in label)
+        costs.append((sum(r for _, r in stats.values()), compare))
+    assert costs[0][0] == costs[1][0] == 22
+    assert costs[0][1] == costs[1][1] > 0
+
+
+def test_attention_rounds_grow_by_one_comparison_level_when_keys_double():
+    """Softmax's max over S keys is a tree of ceil(log2 S) comparison levels (5 rounds each) and its
+    reciprocal on [1, S] one more Newton iteration (2 rounds) from S = 4 to 8; the projections and the
+    two secret products do not depend on S."""
+    rounds = {}
+    for steps in (4, 8):
+        case = _attention_case(causal=False, steps=steps)
+        rounds[steps] = sum(r for _, r in _op_stats(case).values())
+    assert rounds[4] == 40 and rounds[8] - rounds[4] == 5 + 2
