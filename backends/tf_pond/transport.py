@@ -184,12 +184,17 @@ class GrpcTransport(PeerTransport):
                 sender, f"party {sender!r} sent a message of unknown kind {kind_text!r}; its connection was dropped"
             )
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown message kind {kind_text!r}")
-        self._heard_from[sender] = True
+        if int(kind_text) != HEARTBEAT:  # a heartbeat may come from the peer's previous transport, still closing
+            self._heard_from[sender] = True
         self._deliver(sender, int(kind_text), request)
         return b""
 
     def _on_hello(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         caller = self._authenticated_caller(context)
+        if self._closed or self._failed is not None:
+            # on its way out (closing waits for heartbeats and goodbyes with the server still up): a peer
+            # forming a new cluster must wait for this party's next transport, or it would send into this one
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"party {self.party!r} is closing this transport")
         if caller in self._heard_from:
             self._heard_from[caller] = True
         return self.party.encode()

@@ -11,7 +11,9 @@ never the values.  Answers equal Keras' within the fixed-point tolerance (16
 fractional bits: a few 1e-4 on a softmax).  Bad input is refused here before anything
 is sent (``FixedPointError`` for NaN, inf or out of range; ``ValueError`` for a wrong
 shape), and an input that drives the model out of range is refused by the servers with
-``FixedPointOverflowError`` naming the layer.  ``deploy`` is the model owner's side.
+``FixedPointOverflowError`` naming the layer.  A dead or stalled server makes ``predict``
+raise ``ServiceUnavailableError`` naming it within the cluster's ``timeout_s`` (never a
+hang); retry when the service is back.  ``deploy`` is the model owner's side.
 """
 
 from __future__ import annotations
