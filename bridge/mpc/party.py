@@ -43,6 +43,9 @@ XOR_WORDS = 0
 RANDOM, RANDOM_BITS, DERIVED, DERIVED_BITS = "random", "random_bits", "derived", "derived_bits"
 #: one request: (kind, shape, packed)
 Request = tuple[str, tuple[int, ...], bool]
+#: the key of the seed the two compute parties share (the dealer never sees it); no party
+#: name can be empty, so it cannot collide with one
+PAIR = ""
 
 
 class MaterialSource(Protocol):
@@ -119,7 +122,9 @@ class PartyContext:
             self._prgs, self._material = saved, saved_material
 
     def setup_seeds(self) -> None:
-        """Dealer sends each compute party a fresh seed; others do nothing."""
+        """Dealer sends each compute party a fresh seed, and P0 sends P1 a fresh seed of
+        theirs (``PAIR``, randomness the dealer must not know: the range check's zero test);
+        others do nothing."""
         with self.messenger.label("setup"):
             if self.is_dealer:
                 for party in self.compute:
@@ -128,6 +133,11 @@ class PartyContext:
                     self._seeds[party] = seed
             elif self.is_compute:
                 self._seeds[self.dealer] = self.messenger.recv_bytes(self.dealer)
+                if self.index == 0:
+                    self._seeds[PAIR] = fresh_seed()
+                    self.messenger.send_bytes(self.peer, self._seeds[PAIR])
+                else:
+                    self._seeds[PAIR] = self.messenger.recv_bytes(self.peer)
         self._prgs = {party: Prg(seed, self.run_index) for party, seed in self._seeds.items()}
 
     # -- correlated randomness ---------------------------------------------------------------
@@ -198,6 +208,31 @@ class PartyContext:
             return mine
         return k.from_numpy(self.messenger.recv(self.dealer))
 
+    def corr_derived_mod(self, plain: Callable[[], np.ndarray], shape: tuple[int, ...], modulus: int) -> np.ndarray:
+        """Shares modulo ``modulus`` (< 2^32) of dealer-computed values in [0, modulus), as
+        numpy int64.  P0's share is ``uniform_mod`` of two of its seed's words per element
+        (drawn as a derived request of shape + (2,), so the offline phase makes it ahead);
+        the dealer sends P1 value - share0 mod ``modulus`` in 32-bit words."""
+        shape, wide = tuple(shape), tuple(shape) + (2,)
+        if self.is_dealer:
+            if self._trace is not None:
+                self._trace.append((DERIVED, wide, False))
+            value = np.asarray(plain(), dtype=np.int64)
+            share0 = uniform_mod(self._stream(self.compute[0]).ring(wide), modulus)
+            self.messenger.send(self.compute[1], (value - share0) % modulus, bits=32)
+            return value
+        mine = self._own((DERIVED, wide, False))
+        if mine is not None:
+            return uniform_mod(self.kernels.to_numpy(mine), modulus)
+        return np.asarray(self.messenger.recv(self.dealer), dtype=np.int64) % modulus
+
+    def pair_random_mod(self, shape: tuple[int, ...], modulus: int) -> np.ndarray:
+        """Values uniform in [1, modulus) that both compute parties draw alike from their
+        ``PAIR`` seed's stream of this run (or slot); the dealer holds none."""
+        if not self.is_compute:
+            raise RuntimeError(f"party {self.name!r} holds no compute-pair seed")
+        return 1 + uniform_mod(self._prgs[PAIR].ring(tuple(shape) + (2,)), modulus - 1)
+
     def corr_derived_bits(self, plain: Callable[[], Tensor], shape: tuple[int, ...], packed: bool = False) -> Tensor:
         """XOR shares of dealer-computed bits (0/1 values, or 64 per word if ``packed``)."""
         k = self.kernels
@@ -242,3 +277,15 @@ class PartyContext:
 
     def public(self, array: np.ndarray) -> Tensor:
         return self.kernels.from_numpy(np.asarray(array, dtype=np.int64))
+
+
+def uniform_mod(words: np.ndarray, modulus: int) -> np.ndarray:
+    """Elements uniform in [0, modulus) (modulus < 2^32) from pairs of uniform 64-bit words on
+    the last axis: (w0 * 2^64 + w1) mod modulus, within modulus / 2^128 of uniform."""
+    if not 1 < modulus < 1 << 32:
+        raise ValueError(f"modulus must be in (1, 2^32); received {modulus}")
+    w = np.asarray(words).view(np.uint64)
+    m = np.uint64(modulus)
+    high, low = w[..., 0] % m, w[..., 1] % m
+    wrap = np.uint64((1 << 64) % modulus)
+    return ((high * wrap % m + low) % m).astype(np.int64)

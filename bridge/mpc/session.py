@@ -50,7 +50,8 @@ from bridge.mpc.range_check import (
     CheckPlan,
     FixedPointOverflowError,
     check_bound,
-    overflow_flags,
+    overflow_tests,
+    reveal_flags,
     serving_check_plan,
 )
 from bridge.mpc.runtime import PartyRunner, ThreadedParties
@@ -264,7 +265,7 @@ class SecureExecutable(Executable):
             checked = [computed[e.value] for e in plan.entries]
             rectified = [computed[e.rectified] if e.rectified is not None else None for e in plan.entries]
             nonnegative = [e.nonnegative for e in plan.entries]
-            flags = overflow_flags(ctx, checked, self.overflow_bound, rectified,  # type: ignore[arg-type]
+            flags = overflow_tests(ctx, checked, self.overflow_bound, rectified,  # type: ignore[arg-type]
                                    group=SERVING_GROUP, nonnegative=nonnegative)
         return None if ctx.is_dealer else (computed, flags)
 
@@ -287,10 +288,10 @@ class SecureExecutable(Executable):
         if self._checks_range():
             plan = self.check_plan
             # every party learns the flags, so that all of them rerun or stop together
-            seen = reveal_to(ctx, flags, placement.names, "overflow")
+            seen = reveal_flags(ctx, flags, placement.names)
             assert seen is not None
-            if np.any(seen > 0):
-                return ("overflow", [layer for layer, f in zip(plan.layers, seen, strict=True) if f > 0])
+            if np.any(seen):
+                return ("overflow", [layer for layer, f in zip(plan.layers, seen, strict=True) if f])
         revealed = {}
         for name in graph.outputs:
             out = reveal_to(ctx, values.get(name), placement.output_receivers[name], name)

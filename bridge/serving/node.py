@@ -54,8 +54,8 @@ from bridge.mpc.distributed import DistributedParty
 from bridge.mpc.offline import PartyOffline, SlotCounter
 from bridge.mpc.layers import masked_parameter_names, secure_parameter_specs
 from bridge.mpc.party import PartyContext
-from bridge.mpc.protocol import Shared, mask_operand, reveal_to
-from bridge.mpc.range_check import DEFAULT_SERVING_BOUND, serving_check_plan
+from bridge.mpc.protocol import Shared, mask_operand
+from bridge.mpc.range_check import DEFAULT_SERVING_BOUND, reveal_flags, serving_check_plan
 from bridge.serving import store
 from bridge.serving.channel import (
     HANDSHAKE_TIMEOUT_S,
@@ -571,9 +571,9 @@ class ServingNode:
         plan = serving_check_plan(program)
         flagged: list[str] = []
         if plan.entries:
-            seen = reveal_to(ctx, flags, (*ctx.compute, ctx.dealer), "overflow")
+            seen = reveal_flags(ctx, flags, (*ctx.compute, ctx.dealer))
             assert seen is not None
-            flagged = [layer for layer, f in zip(plan.layers, seen, strict=True) if f > 0]
+            flagged = [layer for layer, f in zip(plan.layers, seen, strict=True) if f]
         online = time.perf_counter() - t0
         self.stats.batch(total, online, flagged=bool(flagged), precomputed=outcome.precomputed)
         if not ctx.is_compute:

@@ -18,7 +18,7 @@ from bridge.mpc.layers import secure_forward
 from bridge.mpc.offline import PartyOffline, placeholder_params
 from bridge.mpc.party import PartyContext
 from bridge.mpc.protocol import Shared
-from bridge.mpc.range_check import SERVING_GROUP, overflow_flags, serving_check_plan
+from bridge.mpc.range_check import SERVING_GROUP, overflow_tests, serving_check_plan
 from bridge.serving.config import ServingConfig
 
 
@@ -32,7 +32,7 @@ def query(ctx: PartyContext, program: Program, params: Mapping[str, Any], inputs
     if plan.entries:
         checked = [computed[e.value] for e in plan.entries]
         rectified = [computed[e.rectified] if e.rectified is not None else None for e in plan.entries]
-        flags = overflow_flags(ctx, checked, bound, rectified, group=SERVING_GROUP,
+        flags = overflow_tests(ctx, checked, bound, rectified, group=SERVING_GROUP,
                                nonnegative=[e.nonnegative for e in plan.entries])
     return None if ctx.is_dealer else (computed, flags)
 
