@@ -307,7 +307,48 @@ def _add_constant(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy
     return [dy], {"constant": unbroadcast(dy, lifted).reshape(c.shape)}
 
 
+def _multi_head_attention(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Arrays, dy: np.ndarray) -> Grads:
+    """Back through the output projection, weights @ v, the softmax over keys, q k^T and the
+    three input projections (a causal mask is a constant: no gradient)."""
+    op = node.op
+    query, value = xs[0], xs[1]
+    key = xs[2] if len(xs) == 3 else value
+
+    def project(x: np.ndarray, part: str) -> np.ndarray:
+        out = np.einsum("btd,dhk->bthk", x, p[f"{part}_kernel"])
+        return out + p[f"{part}_bias"] if op.use_bias else out
+
+    root = math.sqrt(op.key_dim)
+    q, k, v = project(query, "query") / root, project(key, "key"), project(value, "value")
+    scores = np.einsum("bshk,bthk->bhts", k, q)
+    if op.causal:
+        scores = np.where(np.tril(np.ones(scores.shape[2:], dtype=bool)), scores, -1e9)
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights = e / e.sum(axis=-1, keepdims=True)
+    heads = np.einsum("bhts,bshv->bthv", weights, v)
+    grads = {"output_kernel": np.einsum("bthv,bto->hvo", heads, dy)}
+    d_heads = np.einsum("bto,hvo->bthv", dy, p["output_kernel"])
+    d_weights = np.einsum("bthv,bshv->bhts", d_heads, v)
+    d_v = np.einsum("bhts,bthv->bshv", weights, d_heads)
+    d_scores = weights * (d_weights - (d_weights * weights).sum(axis=-1, keepdims=True))
+    d_q = np.einsum("bhts,bshk->bthk", d_scores, k) / root
+    d_k = np.einsum("bhts,bthk->bshk", d_scores, q)
+    dxs = {}
+    for part, x, d in (("query", query, d_q), ("key", key, d_k), ("value", value, d_v)):
+        grads[f"{part}_kernel"] = np.einsum("btd,bthk->dhk", x, d)
+        if op.use_bias:
+            grads[f"{part}_bias"] = d.sum(axis=(0, 1))
+        dxs[part] = np.einsum("bthk,dhk->btd", d, p[f"{part}_kernel"])
+    if op.use_bias:
+        grads["output_bias"] = dy.sum(axis=(0, 1))
+    out = [dxs["query"], dxs["value"] if len(xs) == 3 else dxs["value"] + dxs["key"]]
+    if len(xs) == 3:
+        out.append(dxs["key"])
+    return out, grads
+
+
 RULES: dict[str, ReferenceBackward] = {
+    "multi_head_attention": _multi_head_attention,
     "add_constant": _add_constant,
     "conv2d_transpose": _conv2d_transpose,
     "embedding": _embedding,

@@ -76,6 +76,8 @@ SLOW_SCENARIOS: dict[tuple[str, str, str], str] = {
         "kept: tf-pond's attention model and torch-spdz's four; every v2 rule runs on tf-pond in test_gradients",
     ("tests/training/test_v2_training.py", "test_sgd_steps_follow_the_reference", "tf-pond-merge"):
         "kept: tf-pond's attention model and torch-spdz's four; every v2 rule runs on tf-pond in test_gradients",
+    ("tests/training/test_v2_training.py", "test_sgd_steps_follow_the_reference", "tf-pond-transformer"):
+        "kept: tf-pond's attention model and torch-spdz's five; every v2 rule runs on tf-pond in test_gradients",
     ("tests/training/test_v2_training.py", "test_text_cnn_on_token_ids_trains_as_the_reference", "tf-pond"):
         "kept: torch-spdz (the protocol code is shared); Embedding's rule runs on tf-pond in test_gradients",
     ("tests/training/test_optimizers.py", "test_three_encrypted_fit_steps_follow_the_reference", "tf-pond-rmsprop"):

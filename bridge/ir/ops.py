@@ -714,7 +714,7 @@ TRAINABLE_V2: frozenset[str] = frozenset({
     "repeat_vector", "concat", "subtract", "multiply", "average", "maximum", "minimum", "prelu", "rescale",
     "elu", "gelu", "silu", "hard_sigmoid", "hard_silu", "softplus", "softsign",
     "layer_norm", "layer_scale", "reduce_sum", "reduce_mean", "exp", "matmul", "embedding", "reverse",
-    "conv2d_transpose", "add_constant",
+    "conv2d_transpose", "add_constant", "multi_head_attention",
 })
 
 #: why a serving-only kind stays so, where there is more to say than that its rule is not written
@@ -724,8 +724,6 @@ _SERVING_ONLY_WHY: dict[str, str] = {
     "simple_rnn": _BPTT,
     "lstm": _BPTT,
     "gru": _BPTT,
-    "multi_head_attention": "its backward rule is not written yet; it runs in encrypted serving only (attention "
-                            "built from Dense, keras.ops.matmul and softmax trains)",
 }
 
 #: op kind -> why encrypted training refuses it; checked before training starts

@@ -606,7 +606,66 @@ def _add_constant(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache:
     return [dy], {"constant": Shared(k.reshape(unbroadcast(k, dy, lifted).share, c_shape))}
 
 
+def _multi_head_attention(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: tuple, dy: Shared,
+                          needs: list[bool]) -> Grads:
+    """Back through the output projection, heads = weights v, the softmax over keys, scores =
+    q k^T and the three input projections, from the forward's q (scaled), k, v, weights and
+    heads.  Each gradient that feeds two products is masked once ([dy], [d heads], [d scores],
+    each projection's [d]); kernels are masked already (their products open nothing more).
+    About 12 rounds; the softmax's error (5e-3) enters d scores through the weights."""
+    ctx, k, op = env.ctx, env.ctx.kernels, node.op
+    q, keys, v, weights, flat = cache
+    query, value = xs[0], xs[1]
+    key = xs[2] if len(xs) == 3 else value
+    n, steps_q, width = _shape(env, dy)
+    heads, hv = op.num_heads, op.num_heads * op.value_dim
+    t = lambda a: k.transpose(a, (1, 0))  # noqa: E731
+    last2 = lambda a: k.transpose(a, (0, 1, 3, 2))  # noqa: E731
+    bmm = lambda a, b: batch_matmul_ring(k, a, b)  # noqa: E731
+
+    def masked_param(role: str, shape: tuple[int, ...]) -> Masked:
+        p = env.param(node, role)
+        return reshape_param(k, p if isinstance(p, Masked) else mask_operand(ctx, p), shape)
+
+    grads: dict[str, Shared] = {}
+    with ctx.messenger.label("attention_grad"):
+        rows = mask_operand(ctx, Shared(k.reshape(dy.share, (n * steps_q, width))))
+        d_out = truncate(ctx, beaver(ctx, flat, rows, lambda a, b: k.matmul(t(a), b), (hv, width)))
+        grads["output_kernel"] = Shared(k.reshape(d_out.share, (heads, op.value_dim, width)))
+        if op.use_bias:
+            grads["output_bias"] = Shared(k.sum(rows.value.share, axis=0))
+        d_flat = truncate(ctx, masked_product(ctx, rows, masked_param("output_kernel", (hv, width)),
+                                              lambda a, b: k.matmul(a, t(b)), (n * steps_q, hv)))
+        d_heads = mask_operand(ctx, Shared(k.transpose(k.reshape(d_flat.share, (n, steps_q, heads, op.value_dim)),
+                                                       (0, 2, 1, 3))))
+        d_weights = truncate(ctx, beaver(ctx, v, d_heads, lambda a, b: bmm(b, last2(a)), _shape(env, weights)))
+        d_v = truncate(ctx, beaver(ctx, weights, d_heads, lambda a, b: bmm(last2(a), b), _shape(env, v)))
+        dot = Shared(k.sum(mul(ctx, d_weights, weights).share, axis=3, keepdims=True))
+        d_scores = mask_operand(ctx, mul(ctx, weights, sub(ctx, d_weights, dot)))
+        d_q = truncate(ctx, beaver(ctx, keys, d_scores, lambda a, b: bmm(b, a), _shape(env, q)))
+        d_q = mul_public(ctx, d_q, 1.0 / math.sqrt(op.key_dim))
+        d_k = truncate(ctx, beaver(ctx, q, d_scores, lambda a, b: bmm(last2(b), a), _shape(env, keys)))
+        d_inputs: dict[str, Shared] = {}
+        for part, x, d in (("query", query, d_q), ("key", key, d_k), ("value", value, d_v)):
+            _, _, steps, size = _shape(env, d)
+            dims = _shape(env, x)[-1]
+            d2 = mask_operand(ctx, Shared(k.reshape(k.transpose(d.share, (0, 2, 1, 3)), (-1, heads * size))))
+            x2 = Shared(k.reshape(x.share, (-1, dims)))
+            d_w = truncate(ctx, beaver(ctx, x2, d2, lambda a, b: k.matmul(t(a), b), (dims, heads * size)))
+            grads[f"{part}_kernel"] = Shared(k.reshape(d_w.share, (dims, heads, size)))
+            if op.use_bias:
+                grads[f"{part}_bias"] = Shared(k.reshape(k.sum(d2.value.share, axis=0), (heads, size)))
+            d_x = truncate(ctx, masked_product(ctx, d2, masked_param(f"{part}_kernel", (dims, heads * size)),
+                                               lambda a, b: k.matmul(a, t(b)), (n * steps, dims)))
+            d_inputs[part] = Shared(k.reshape(d_x.share, _shape(env, x)))
+    out = [d_inputs["query"], d_inputs["value"] if len(xs) == 3 else add(ctx, d_inputs["value"], d_inputs["key"])]
+    if len(xs) == 3:
+        out.append(d_inputs["key"])
+    return out, grads
+
+
 RULES: dict[str, Callable[..., Grads]] = {
+    "multi_head_attention": _multi_head_attention,
     "add_constant": _add_constant,
     "conv2d_transpose": _conv2d_transpose,
     "embedding": _embedding,

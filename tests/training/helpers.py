@@ -162,6 +162,23 @@ def tf_forward(node: Node, xs: list, params: Mapping):
         y = tf.nn.conv2d_transpose(x, params["kernel"], (x.shape[0], *out, op.filters), op.strides,
                                    op.padding.upper())
         return y + params["bias"] if op.use_bias else y
+    if kind == "multi_head_attention":
+        query, value = xs[0], xs[1]
+        key = xs[2] if len(xs) == 3 else value
+
+        def project(t, part):
+            out = tf.einsum("btd,dhk->bthk", t, params[f"{part}_kernel"])
+            return out + params[f"{part}_bias"] if op.use_bias else out
+
+        q = project(query, "query") / np.sqrt(op.key_dim)
+        scores = tf.einsum("bshk,bthk->bhts", project(key, "key"), q)
+        if op.causal:
+            allowed = np.tril(np.ones(scores.shape[2:], dtype=bool))
+            scores = tf.where(allowed, scores, tf.constant(-1e9, tf.float64))
+        weights = tf.nn.softmax(scores, axis=-1)
+        heads = tf.einsum("bhts,bshv->bthv", weights, project(value, "value"))
+        out = tf.einsum("bthv,hvo->bto", heads, params["output_kernel"])
+        return out + params["output_bias"] if op.use_bias else out
     if kind == "add_constant":
         return x + params["constant"]
     if kind == "reverse":

@@ -59,6 +59,9 @@ GRAD_TOLERANCE: dict[str, float] = {
     # embedding: one_hot^T dy, a Beaver product of exact one-hot rows (one truncation); reverse: local
     "embedding": 1e-3, "reverse": 1e-4,
     "conv2d_transpose": 3e-3, "add_constant": 1e-4,
+    # attention: the softmax's 5e-3 error in the weights, summed over keys and rows into d scores
+    # and the projections' kernels (gradients up to 8 here: below 1% of them)
+    "multi_head_attention": 5e-2,
 }
 
 
