@@ -718,8 +718,8 @@ TRAINABLE_V2: frozenset[str] = frozenset({
 })
 
 #: why a serving-only kind stays so, where there is more to say than that its rule is not written
-_BPTT = ("its backward rule (backpropagation through time) is not written: every step's gate derivatives "
-         "would add the secure sigmoid's 4e-3 error again; it runs in encrypted serving only")
+_BPTT = ("its backward rule (backpropagation through time over the unrolled steps) is not written yet; it "
+         "runs in encrypted serving only")
 _SERVING_ONLY_WHY: dict[str, str] = {
     "simple_rnn": _BPTT,
     "lstm": _BPTT,
