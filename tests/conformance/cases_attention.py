@@ -57,6 +57,8 @@ def cases() -> list:
         _case("multi_head_attention_causal",
               irops.MultiHeadAttention(num_heads=2, key_dim=2, value_dim=2, use_bias=False, causal=True),
               [(5, 4), (5, 4)], self_attention, scale=1.0),
+        _case("multi_head_attention_key", irops.MultiHeadAttention(num_heads=2, key_dim=3, value_dim=4),
+              [(3, 6), (4, 5), (4, 2)], {**mha, "key_kernel": _w(2, 2, 3, seed=12)}, scale=1.0),
         _case("matmul", irops.MatMul(), [(2, 3, 4), (2, 4, 5)]),
         _case("reduce_sum", irops.ReduceSum(axes=(0,), keepdims=True), [(4, 3)]),
         _case("reduce_mean", irops.ReduceMean(axes=(-1, 0)), [(3, 4, 5)]),

@@ -27,6 +27,17 @@ def test_attention_options_and_weights_are_read():
     assert program.graph.outputs["mha"].shape == (None, 4, 7)
 
 
+def test_attention_with_a_separate_key_matches_predict():
+    q, v, k = keras.Input((3, 6), name="q"), keras.Input((4, 5), name="v"), keras.Input((4, 2), name="k")
+    model = keras.Model([q, v, k], keras.layers.MultiHeadAttention(2, 3, value_dim=4)(q, v, k))
+    program, weights = to_ir(model)
+    assert program.graph.nodes[0].inputs == ("q", "v", "k")
+    shapes = [(3, 6), (4, 5), (4, 2)]
+    xs = [np.random.default_rng(i).normal(size=(2, *s)).astype(np.float32) for i, s in enumerate(shapes)]
+    (got,) = run_reference(program, weights, dict(zip(program.graph.inputs, xs))).values()
+    np.testing.assert_allclose(got, model.predict(xs, verbose=0), atol=1e-5)
+
+
 def test_position_embedding_constant_is_a_shared_parameter():
     """keras.io's TokenAndPositionEmbedding adds an eagerly computed (maxlen, D) tensor: it becomes
     the add_constant node's parameter, never a public attribute; C - x negates x first."""
