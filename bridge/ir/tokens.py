@@ -76,13 +76,27 @@ def one_hot_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, 
     """``inputs`` with every token input's ids replaced by their one-hot rows (others as given).
 
     Runs where the data owner holds the ids, before anything is encoded or shared."""
+    return one_hot_specs(graph.inputs, inputs)
+
+
+def one_hot_specs(specs: Mapping[str, TensorSpec], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``one_hot_inputs`` for a caller that knows the inputs' specs only (a serving client,
+    which holds no graph: the service's hello tells it each input's shape and dtype)."""
     if not isinstance(inputs, Mapping):
         return inputs  # the caller's own check names the problem
     out = dict(inputs)
-    for name, spec in graph.inputs.items():
+    for name, spec in specs.items():
         if is_token(spec) and name in out:
             out[name] = one_hot(name, out[name], spec)
     return out
+
+
+def described_specs(shapes: Mapping[str, list[int]], dtypes: Mapping[str, str] | None) -> dict[str, TensorSpec]:
+    """The input specs a service describes (feature shapes and dtypes, as its hello sends
+    them); an input without a dtype is float32."""
+    dtypes = dtypes or {}
+    return {name: TensorSpec(shape=(None, *(int(d) for d in shape)), dtype=dtypes.get(name, "float32"))
+            for name, shape in shapes.items()}
 
 
 def check_token_graph(graph: Graph) -> None:
@@ -108,3 +122,12 @@ def check_token_graph(graph: Graph) -> None:
                     f"node {node.name!r} (embedding) reads {value!r}, which is not a token input (dtype "
                     "int32); an Embedding reads the ids of a model input directly"
                 )
+
+
+def one_hot_request(specs: Mapping[str, TensorSpec], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A serving client's inputs with every token input checked and one-hot encoded here, on
+    the client, before anything is shared (``one_hot``'s errors refuse a bad id before a byte
+    leaves). One example's ids (no batch axis) count as a batch of one, as for a float input."""
+    batched = {name: np.asarray(value)[None] if name in specs and is_token(specs[name])
+               and np.ndim(value) == len(caller_shape(specs[name])) else value for name, value in inputs.items()}
+    return one_hot_specs(specs, batched)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bridge.ir import Numerics, Program
+from bridge.ir.tokens import described_specs, one_hot_request
 from bridge.mpc import wire
 from bridge.mpc.fixedpoint import FixedPointError, decode
 from bridge.mpc.range_check import FixedPointOverflowError
@@ -230,6 +231,8 @@ class ServingClient:
         if arrays is None or sorted(arrays) != sorted(names):
             raise ValueError(f"the model takes inputs {names}; pass a dict with exactly these keys"
                              + ("" if len(names) > 1 else " or one array"))
+        # token ids are checked and one-hot encoded here, by the client that holds them (bridge.ir.tokens)
+        arrays = one_hot_request(described_specs(spec["inputs"], spec.get("input_dtypes")), arrays)
         rows = None
         out = {}
         for name in names:

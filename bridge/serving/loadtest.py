@@ -24,7 +24,9 @@ def run_loadtest(cluster: str | Path, identity: str | Path, clients: int, reques
     conns = [ServingClient(cluster, identity) for _ in range(clients)]
     spec = conns[0].spec()
     rng = np.random.default_rng(seed)
-    inputs = {n: rng.uniform(0, 1, size=(batch, *shape)) for n, shape in spec["inputs"].items()}
+    dtypes = spec.get("input_dtypes") or {}  # token inputs (int32) take ids below their one-hot depth
+    inputs = {n: rng.integers(0, shape[-1], size=(batch, *shape[:-1])) if dtypes.get(n) == "int32"
+              else rng.uniform(0, 1, size=(batch, *shape)) for n, shape in spec["inputs"].items()}
     x = next(iter(inputs.values())) if len(inputs) == 1 else inputs
     barrier = threading.Barrier(clients)
 

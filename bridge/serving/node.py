@@ -272,6 +272,7 @@ class ServingNode:
         if d is not None:
             out["numerics"] = d.program.numerics.model_dump(mode="json")
             out["inputs"] = {n: list(s.feature_shape) for n, s in d.program.graph.inputs.items()}
+            out["input_dtypes"] = {n: s.dtype for n, s in d.program.graph.inputs.items()}  # int32: token ids
             out["outputs"] = {n: list(s.feature_shape) for n, s in d.program.graph.outputs.items()}
         return out
 
