@@ -1,10 +1,8 @@
 .PHONY: setup demo test test-slow bench
 
 # Two xdist workers, the 15 slowest tests printed so the time budget stays visible.
-# --dist loadgroup: tests that share one launched run (marked xdist_group) go to one worker,
-# which makes the run once.
 # Exit status 5 ("no tests collected", e.g. every test deselected) is not a failure.
-PYTEST = .venv/bin/python -m pytest -q -n 2 --dist loadgroup --durations=15
+PYTEST = .venv/bin/python -m pytest -q -n 2 --durations=15
 
 setup:
 	bash scripts/setup.sh

@@ -96,16 +96,8 @@ def _slow_reason(item: pytest.Item) -> str | None:
     return None
 
 
-#: test files whose tests start Python processes (each pays its Keras/torch/TensorFlow imports,
-#: seconds of CPU): they run first, so that the two workers end together on short tests instead
-#: of one waiting for the other's last long launch
-STARTS_PROCESSES = ("tests/distributed/", "tests/examples/")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         why = _slow_reason(item)
         if why is not None:
             item.add_marker(pytest.mark.slow(reason=why))
-    # a stable sort: each file's tests stay together and in order (module fixtures are made once)
-    items.sort(key=lambda item: not item.nodeid.startswith(STARTS_PROCESSES))

@@ -112,6 +112,35 @@ def script_env(backend: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory) -> Callable[[str, Callable[[Path], Any]], Any]:
+    """``once(key, make)``: ``make(directory)`` (JSON-able) run once per test session, whichever
+    worker asks first; the other xdist workers wait for it and read its result.  Tests that check
+    different things of one launched run share it this way: every launch costs each process its
+    Keras/torch/TensorFlow imports (seconds of CPU), and pytest-xdist's ``--dist loadgroup``
+    cannot keep such tests on one worker under pytest 9 (it renames node ids, which pytest 9
+    no longer allows)."""
+    import fcntl
+    import json
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-runs"
+    root.mkdir(exist_ok=True)
+
+    def once(key: str, make: Callable[[Path], Any]) -> Any:
+        result = root / f"{key}.json"
+        with open(root / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not result.exists():
+                where = root / key
+                where.mkdir(exist_ok=True)
+                value = make(where)  # a failure is not kept: the next test that asks runs it again
+                result.write_text(json.dumps(value))
+        return json.loads(result.read_text())
+
+    return once
+
+
 def run_embedded(script: Path, args: list[str], backend: str, cwd: Path) -> str:
     """Run a user script in one process (every party in threads); its stdout."""
     done = subprocess.run([sys.executable, str(script), *args], env=script_env(backend), cwd=cwd,

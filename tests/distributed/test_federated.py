@@ -56,26 +56,19 @@ def _launched(tmp_path: Path, backend: str, clients: int, extra: list[str]) -> t
     return _results(log.getvalue()), report, log.getvalue()
 
 
-#: both launched tests of a backend compare with the same embedded 2-client run: one worker
-#: runs them (``--dist loadgroup``) and the run is made once (a Keras process: seconds of CPU)
-BACKENDS = [pytest.param(b, marks=pytest.mark.xdist_group(f"federated-{b}")) for b in SECURE_BACKENDS]
-
-
-@pytest.fixture(scope="module")
-def embedded_two_clients(tmp_path_factory):
-    """``run(backend)``: the embedded 2-client, ROUNDS-round result of the script, once per backend."""
-    done: dict[str, dict] = {}
+@pytest.fixture
+def embedded_two_clients(shared_run):
+    """``run(backend)``: the embedded 2-client, ROUNDS-round result of the script, made once per
+    backend and session for both launched tests (a Keras process: seconds of CPU)."""
 
     def run(backend: str) -> dict:
-        if backend not in done:
-            where = tmp_path_factory.mktemp(f"federated-embedded-{backend}")
-            done[backend] = _results(run_embedded(SCRIPT, ["2", str(ROUNDS)], backend, where))["embedded"]
-        return done[backend]
+        return shared_run(f"federated-embedded-{backend}",
+                          lambda where: _results(run_embedded(SCRIPT, ["2", str(ROUNDS)], backend, where))["embedded"])
 
     return run
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", SECURE_BACKENDS)
 def test_federated_rounds_across_processes_match_embedded(tmp_path, backend, embedded_two_clients):
     alone = embedded_two_clients(backend)
 
@@ -104,7 +97,7 @@ def test_federated_rounds_across_processes_match_embedded(tmp_path, backend, emb
     assert owner["logs"]["bytes_sent"] == [2 * 8 * (2 + PARAMETERS) + 2 * 8 * 2] * ROUNDS
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", SECURE_BACKENDS)
 def test_a_client_killed_mid_share_is_dropped_and_the_others_finish(tmp_path, backend, embedded_two_clients):
     results, report, log = _launched(tmp_path, backend, 3, ["kill", "carol"])
     assert report.returncodes["carol"] == -9, log[-3000:]

@@ -3,6 +3,7 @@ embedded mode, and a party killed mid-protocol named by the others within the ti
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge.cluster import ClusterError, cluster_from_dict, to_toml
+from bridge.cluster import ClusterError, cluster_from_dict, load_cluster, to_toml
 from bridge.ir import Program, save_program
 from bridge.launch import LaunchReport, launch, launch_parties, run_party
 from bridge.reference import run_reference
@@ -58,6 +59,18 @@ class LaunchedRun:
             env=env,
         )
 
+    @classmethod
+    def saved(cls, root: Path, backend: str, report: LaunchReport, log: str,
+              train_model: Callable[[], tuple[Program, dict[str, np.ndarray]]]) -> LaunchedRun:
+        """A run made earlier in ``root`` (by another test, maybe in another worker), as made."""
+        run = cls.__new__(cls)
+        run.backend, run.report, run.log = backend, report, io.StringIO(log)
+        run.program, run.weights = tiny_mlp()
+        run.train_program, run.train_weights = train_model()
+        run.cluster = load_cluster(root / "cluster.toml")
+        run.out = root / "out"
+        return run
+
     def record(self, party: str, part: str = "") -> dict:
         path = self.out / f"{party}{part}.json"
         assert path.exists(), f"party {party} wrote nothing; its output:\n{self.output(party)}"
@@ -67,14 +80,19 @@ class LaunchedRun:
         return "".join(line for line in self.log.getvalue().splitlines(True) if line.startswith(f"[{party}]"))
 
 
-@pytest.fixture(scope="module", params=[pytest.param(b, marks=pytest.mark.xdist_group(f"launch-{b}"))
-                                        for b in SECURE_BACKENDS])
-def launched(request, tmp_path_factory) -> LaunchedRun:
-    """One launch per backend, shared by the serving and the training test: three processes
-    serve ``tiny_mlp``, then train ``tiny_training`` over the same transports.  (``make test``
-    runs with ``--dist loadgroup``: both tests land on one worker, which launches once.)"""
-    return LaunchedRun(tmp_path_factory.mktemp(f"launch-{request.param}"), request.param, [], timeout_s=30.0,
-                       train_model=tiny_training)
+@pytest.fixture(params=SECURE_BACKENDS)
+def launched(request, shared_run) -> LaunchedRun:
+    """One launch per backend and session, shared by the serving and the training test: three
+    processes serve ``tiny_mlp``, then train ``tiny_training`` over the same transports."""
+    backend = request.param
+
+    def make(where: Path) -> dict:
+        run = LaunchedRun(where, backend, [], timeout_s=30.0, train_model=tiny_training)
+        return {"root": str(where), "report": dataclasses.asdict(run.report), "log": run.log.getvalue()}
+
+    saved = shared_run(f"launch-{backend}", make)
+    return LaunchedRun.saved(Path(saved["root"]), backend, LaunchReport(**saved["report"]), saved["log"],
+                             train_model=tiny_training)
 
 
 def counts(stats) -> dict:

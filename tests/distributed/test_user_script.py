@@ -90,13 +90,11 @@ def _results(stdout: str, part: str = "serve") -> list[dict]:
 
 #: the parts one run does per backend: on torch-spdz the serving and the training test share one
 #: embedded run and one launch (each costs every process's Keras/torch imports, seconds of CPU);
-#: on tf-pond each test runs its own part (its training case runs in make test-slow only)
+#: on tf-pond each test runs its own part (both tf-pond cases run in make test-slow only)
 SHARED_PARTS = {"torch-spdz": ("serve", "train")}
 
 
 def _case(backend: str, test: str):
-    if backend in SHARED_PARTS:
-        return pytest.param(backend, marks=pytest.mark.xdist_group(f"user-script-{backend}"))
     if backend == "tf-pond" and test == "train":
         # tf-pond's launched training also runs in tests/distributed/test_launch.py (counts equal to
         # embedded); this unchanged-user-script variant of it (about 3 min on a loaded 2-core host)
@@ -105,22 +103,20 @@ def _case(backend: str, test: str):
     return backend
 
 
-@pytest.fixture(scope="module")
-def script_runs(tmp_path_factory):
-    """``runs(backend, part)``: (stdout embedded, stdout launched) of USER_SCRIPT doing ``part`` (and,
-    on a backend of SHARED_PARTS, every part of it), run once per test process and backend."""
-    done: dict[tuple[str, tuple[str, ...]], tuple[str, str]] = {}
+@pytest.fixture
+def script_runs(shared_run):
+    """``runs(backend, part)``: [stdout embedded, stdout launched] of USER_SCRIPT doing ``part`` (and,
+    on a backend of SHARED_PARTS, every part of it), run once per session and backend."""
 
-    def runs(backend: str, part: str) -> tuple[str, str]:
+    def runs(backend: str, part: str) -> list[str]:
         parts = SHARED_PARTS.get(backend, (part,))
-        if (backend, parts) not in done:
-            where = tmp_path_factory.mktemp(f"user-script-{backend}")
+
+        def make(where: Path) -> list[str]:
             script = where / "user_script.py"
             script.write_text(USER_SCRIPT)
-            alone = run_embedded(script, list(parts), backend, where)
-            launched = _launch(backend, where, script, parts).stdout
-            done[backend, parts] = (alone, launched)
-        return done[backend, parts]
+            return [run_embedded(script, list(parts), backend, where), _launch(backend, where, script, parts).stdout]
+
+        return shared_run(f"user-script-{backend}-{'-'.join(parts)}", make)
 
     return runs
 
