@@ -56,7 +56,11 @@ class InMemoryNetwork:
     """All parties in one process; each sees only its own queues.
 
     ``abort`` wakes every waiting party with an error naming who failed, so that one
-    party's exception never leaves the others hanging.
+    party's exception never leaves the others hanging.  Slow is not dead: a receive that
+    waited ``timeout_s`` keeps waiting while another party is working (its thread alive
+    and not itself waiting in a receive), so a forward pass longer than ``timeout_s``
+    never fails a party that only waits; parties that all wait for one another (or for a
+    party whose thread ended) still stop at ``timeout_s``.
     """
 
     def __init__(self, parties: list[str] | tuple[str, ...], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
@@ -65,6 +69,18 @@ class InMemoryNetwork:
         self._queues = {(a, b): queue.SimpleQueue() for a in parties for b in parties if a != b}
         self._abort = threading.Event()
         self.abort_reason = ""
+        #: each party's thread in this run, and how many receives it has in progress
+        self._threads: dict[str, threading.Thread] = {}
+        self._receiving = dict.fromkeys(self.parties, 0)
+        self._lock = threading.Lock()
+
+    def bind(self, party: str) -> None:
+        """Record the calling thread as ``party``'s for this run (its liveness)."""
+        self._threads[party] = threading.current_thread()
+
+    def working(self, but: str) -> bool:
+        """Whether a party other than ``but`` is working: its thread alive, not waiting in a receive."""
+        return any(p != but and t.is_alive() and not self._receiving.get(p, 0) for p, t in list(self._threads.items()))
 
     def transport(self, party: str) -> "InMemoryTransport":
         if party not in self.parties:
@@ -80,6 +96,7 @@ class InMemoryNetwork:
         """Clear an abort and any stale messages before the next run."""
         self._abort.clear()
         self.abort_reason = ""
+        self._threads = {}
         for q in self._queues.values():
             while not q.empty():
                 q.get_nowait()
@@ -104,6 +121,16 @@ class InMemoryTransport(Transport):
 
     def recv(self, peer: str) -> bytes:
         q = self._queue(peer, self.party)
+        network = self.network
+        with network._lock:
+            network._receiving[self.party] += 1
+        try:
+            return self._recv(peer, q)
+        finally:
+            with network._lock:
+                network._receiving[self.party] -= 1
+
+    def _recv(self, peer: str, q: queue.SimpleQueue) -> bytes:
         deadline = time.monotonic() + self.network.timeout_s
         while True:
             if self.network._abort.is_set():
@@ -111,7 +138,7 @@ class InMemoryTransport(Transport):
             try:
                 return q.get(timeout=0.05)
             except queue.Empty:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline and not self.network.working(but=self.party):
                     raise PeerError(
                         f"party {self.party!r} waited {self.network.timeout_s:g} s for party "
                         f"{peer!r}, which sent nothing: it is dead or stuck"

@@ -34,6 +34,15 @@ names the peer(s) whose heartbeats stopped, not a live peer that merely waits fo
 them too.  A party that was itself paused does not count the pause against its
 peers (its deadline moves by the time it did not run).
 
+Slow is not silent.  A heartbeat says whether its sender is working (inside a protocol
+run and not waiting in a receive: computing a long kernel, say) or waiting (or idle).  A receive that has waited
+``timeout_s`` keeps waiting while every peer is heard (none silent for ``stall_s``)
+and some peer reported working, or sent data, within the last ``stall_s``: so a
+legitimate forward pass longer than ``timeout_s`` never times out in a party that only
+waits (a client, a model owner, the dealer), while a stalled peer (its heartbeats stop)
+is still named ``stall_s`` (at most ``timeout_s``) after it fell silent, and parties
+that all wait for one another (different programs) still stop at ``timeout_s``.
+
 Control notices and heartbeats ride in the transport's own header, never in
 protocol frames, so the byte and round counts of ``Messenger`` are those of the
 embedded mode exactly.
@@ -42,13 +51,14 @@ embedded mode exactly.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import queue
 import re
 import socket
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -73,6 +83,8 @@ CONTROL_TIMEOUT_S = 1.0
 #: a gap this long between two looks at an inbox means this process itself was not
 #: running (paused, suspended): that time is not counted against the peers
 PAUSED_S = 1.0
+#: a heartbeat's payload: its sender is waiting in a receive, or working (computing, sending)
+WAITING, WORKING = b"w", b"b"
 #: what an abort notice may name as the error's kind: an identifier (an exception class name)
 _KIND = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,199}")
@@ -185,6 +197,12 @@ class PeerTransport(Transport):
         self.stall_s = max(3 * self.heartbeat_s, self.timeout_s / 2)
         now = time.monotonic()
         self._last_heard = dict.fromkeys(self.peers, now)
+        #: when a peer last reported working (a heartbeat saying so) or sent data
+        self._last_progress = now
+        #: receives in progress here, and protocol runs (``working``): a heartbeat says
+        #: "working" only inside a run and outside every receive
+        self._receiving = 0
+        self._running = 0
         self._beating = threading.Event()
         self._beats: list[threading.Thread] = []
 
@@ -207,9 +225,11 @@ class PeerTransport(Transport):
         """Called by the receiving side for each message from ``peer``."""
         self._last_heard[peer] = time.monotonic()
         if kind == DATA:
+            self._last_progress = self._last_heard[peer]
             self._inbox[peer].messages.put(payload)
         elif kind == HEARTBEAT:
-            pass
+            if payload != WAITING:  # working (an empty heartbeat, from an older party, counts as working)
+                self._last_progress = self._last_heard[peer]
         elif kind == GOODBYE:
             self._inbox[peer].finished = True
             self._peer_gone(peer, f"party {peer!r} has finished and closed its connection")
@@ -257,7 +277,8 @@ class PeerTransport(Transport):
             try:
                 # as patient as a message: an engine may drop a link whose send gave up (gloo
                 # does), and a paused peer must not lose its link before timeout_s
-                self._send_frame(peer, HEARTBEAT, b"", self.timeout_s)
+                busy = self._running and not self._receiving
+                self._send_frame(peer, HEARTBEAT, WORKING if busy else WAITING, self.timeout_s)
             except Exception:  # noqa: BLE001, S112 - a missed heartbeat is the peer's silence to judge
                 continue
 
@@ -282,6 +303,25 @@ class PeerTransport(Transport):
     def silent_for(self, peer: str) -> float:
         """Seconds since anything, a heartbeat included, arrived from ``peer``."""
         return time.monotonic() - self._last_heard[peer]
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """Mark a protocol run (``DistributedParty.run``): outside its receives, this party
+        tells its peers that it works, so that their receives wait for it past ``timeout_s``."""
+        with self._state:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._running -= 1
+
+    def _cluster_working(self) -> bool:
+        """Whether a receive past ``timeout_s`` may keep waiting: every connected peer is
+        heard (none silent for ``stall_s``) and one of them worked within ``stall_s``."""
+        if self._stalled():
+            return False
+        return time.monotonic() - self._last_progress < self.stall_s
 
     def _stalled(self) -> dict[str, float]:
         """Peers still connected whose heartbeats stopped ``stall_s`` ago or more, with their silence."""
@@ -356,6 +396,15 @@ class PeerTransport(Transport):
 
     def recv(self, peer: str) -> bytes:
         inbox = self._check_peer(peer)
+        with self._state:
+            self._receiving += 1
+        try:
+            return self._recv(peer, inbox)
+        finally:
+            with self._state:
+                self._receiving -= 1
+
+    def _recv(self, peer: str, inbox: Inbox) -> bytes:
         start = last = time.monotonic()
         deadline = start + self.timeout_s
         next_probe = start
@@ -383,7 +432,7 @@ class PeerTransport(Transport):
                     self._peer_gone(peer, reason)
                     continue
                 next_probe = time.monotonic() + self.probe_every_s
-            if now >= deadline:
+            if now >= deadline and not (self._cluster_working() and self.silent_for(peer) < self.stall_s):
                 why, culprits = self._silence_reason(peer)
                 raise peer_fault(
                     f"party {self.party!r} waited {self.timeout_s:g} s for party {peer!r} at "
@@ -472,7 +521,8 @@ class DistributedParty:
         if parties is not None and self.party not in parties:
             return {}
         try:
-            return {self.party: fn(self.contexts[self.party])}
+            with getattr(self.transport, "working", contextlib.nullcontext)():
+                return {self.party: fn(self.contexts[self.party])}
         except BaseException as exc:
             self.transport.abort(abort_notice(exc))  # its kind, never its message: that is raised here only
             if isinstance(exc, PeerError) or not isinstance(exc, Exception):

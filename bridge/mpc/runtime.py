@@ -87,6 +87,7 @@ class ThreadedParties:
             ctx.begin_run()
 
         def body(name: str) -> None:
+            self.network.bind(name)  # its liveness: a party whose thread runs and does not wait is working
             try:
                 results[name] = fn(self.contexts[name])
             except BaseException as exc:  # noqa: BLE001 - re-raised below with the party's name
