@@ -5,8 +5,9 @@ forward rule returned (``layers.SECURE_FORWARD`` run with ``training=True``), th
 gradient [dy] of the loss with respect to ``y``, and which inputs need a gradient.
 It returns the input gradients (None where not needed) and the parameter gradients
 by role.  Products reuse masks where an operand takes part in two of them (Pond):
-the dense and conv rules open [dy] once for both dx and dW, and the kernel is
-opened once per batch for forward and backward (``Masked`` parameters).
+the dense and conv rules open [dy] once for both dx and dW (in one message with their
+input x, the other operand of dW: ``batched.mask_many``, one round per layer), and the
+kernel is opened once per batch for forward and backward (``Masked`` parameters).
 
 Costs per batch, bytes sent by one compute party (8 bytes per ring element):
   dense    dx and dW: |dy| + |x|;  dW only (first layer): |dy| + |x|
@@ -28,6 +29,7 @@ import numpy as np
 from bridge.im2col import Im2ColPlan
 from bridge.ir import Node, Program
 from bridge.mpc import functions
+from bridge.mpc.batched import mask_many
 from bridge.mpc.compare import Bits, mul_bit
 from bridge.mpc.kernels import RingKernels, Tensor
 from bridge.mpc.layers import LayerEnv, Param, extract_patches, reshape_param
@@ -111,11 +113,11 @@ def _dense(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, d
     grad_w = lambda a, b: k.matmul(_t(k, a), b)  # noqa: E731 - x^T dy, bilinear in (x, dy)
     with ctx.messenger.label("dense_grad"):
         if needs[0]:
-            dy_masked = mask_operand(ctx, dy)
+            x_masked, dy_masked = mask_many(ctx, [x, dy])  # one round opens both
             kernel = as_masked(ctx, env.param(node, "kernel"))
             dx = truncate(ctx, masked_product(
                 ctx, dy_masked, kernel, lambda a, b: k.matmul(a, _t(k, b)), k.shape(x.share)))
-            dw = truncate(ctx, beaver(ctx, x, dy_masked, grad_w, kernel_shape))
+            dw = truncate(ctx, masked_product(ctx, x_masked, dy_masked, grad_w, kernel_shape))
             dx = Shared(k.reshape(dx.share, in_shape))
         else:
             dx, dw = None, truncate(ctx, beaver(ctx, x, dy, grad_w, kernel_shape))
@@ -201,9 +203,9 @@ def _conv2d(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, plan: Im2Col
     grad_w, grad_x = conv_gradients(k, node.op, plan, in_shape, kernel_shape)
     with ctx.messenger.label(f"{node.op.kind}_grad"):
         if needs[0]:
-            dy_masked = mask_operand(ctx, dy)
+            x_masked, dy_masked = mask_many(ctx, [x, dy])  # one round opens both
             dx = truncate(ctx, masked_product(ctx, dy_masked, as_masked(ctx, kernel), grad_x, in_shape))
-            dw = truncate(ctx, beaver(ctx, x, dy_masked, grad_w, kernel_shape))
+            dw = truncate(ctx, masked_product(ctx, x_masked, dy_masked, grad_w, kernel_shape))
         else:
             dx, dw = None, truncate(ctx, beaver(ctx, x, dy, grad_w, kernel_shape))
     grads = {"kernel": dw}

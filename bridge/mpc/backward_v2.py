@@ -49,6 +49,7 @@ from bridge.mpc.backward import (
     masked_product,
     unbroadcast,
 )
+from bridge.mpc.batched import mask_many
 from bridge.mpc.compare import Bits, ge_zero, mul_bit
 from bridge.mpc.layers import LayerEnv, _LiftedParams, reshape_param
 from bridge.mpc.normalization import LN_EXTRA_BITS, div_public
@@ -296,8 +297,8 @@ def _prelu(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: tuple[
     lifted = reshape_param(k, alpha if isinstance(alpha, Masked) else mask_operand(ctx, alpha), (1, *alpha_shape))
     shape = _shape(env, dy)
     with ctx.messenger.label("prelu_grad"):
-        dy_masked = mask_operand(ctx, dy)
-        d_alpha = truncate(ctx, beaver(ctx, negative, dy_masked, k.mul, shape))
+        negative_masked, dy_masked = mask_many(ctx, [negative, dy])  # one round opens both
+        d_alpha = truncate(ctx, masked_product(ctx, negative_masked, dy_masked, k.mul, shape))
         t = truncate(ctx, masked_product(ctx, dy_masked, lifted, k.mul, shape))
         dx = add(ctx, t, _route(ctx, bit, sub(ctx, dy, t)))
     d_alpha = unbroadcast(k, d_alpha, (1, *alpha_shape))
@@ -433,12 +434,12 @@ def _layer_norm(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: t
         row[a] = shape[a]
     grads: dict[str, Shared] = {}
     with ctx.messenger.label("layer_norm_grad"):
-        dy_masked = mask_operand(ctx, dy)
         if "gamma" in node.params:
             gamma = env.param(node, "gamma")
             gamma = reshape_param(k, gamma if isinstance(gamma, Masked) else mask_operand(ctx, gamma), tuple(row))
+            xhat_masked, dy_masked = mask_many(ctx, [xhat, dy])  # one round opens both
             g = truncate(ctx, masked_product(ctx, dy_masked, gamma, k.mul, shape))
-            d_gamma = truncate(ctx, beaver(ctx, xhat, dy_masked, k.mul, shape))
+            d_gamma = truncate(ctx, masked_product(ctx, xhat_masked, dy_masked, k.mul, shape))
             grads["gamma"] = Shared(k.sum(d_gamma.share, axis=other))
         else:
             g = dy
@@ -460,10 +461,10 @@ def _layer_scale(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: 
     gamma = gamma if isinstance(gamma, Masked) else mask_operand(ctx, gamma)
     channels = _shape(env, gamma.value)[0]
     with ctx.messenger.label("layer_scale_grad"):
-        dy_masked = mask_operand(ctx, dy)
+        x_masked, dy_masked = mask_many(ctx, [xs[0], dy])  # one round opens both
         lifted = reshape_param(k, gamma, (1,) * (len(shape) - 1) + (channels,))
         dx = truncate(ctx, masked_product(ctx, dy_masked, lifted, k.mul, shape))
-        d_gamma = truncate(ctx, beaver(ctx, xs[0], dy_masked, k.mul, shape))
+        d_gamma = truncate(ctx, masked_product(ctx, x_masked, dy_masked, k.mul, shape))
     return [dx], {"gamma": Shared(k.sum(k.reshape(d_gamma.share, (-1, channels)), axis=0))}
 
 
@@ -494,20 +495,24 @@ def _exp(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy:
 def _matmul(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, cache: Any, dy: Shared,
             needs: list[bool]) -> Grads:
     """d a = dy b^T, d b = a^T dy (batched over the leading axes): [dy] masked once, each
-    product opens the other operand.  Rounds 2, bytes |dy| + |a| + |b|."""
+    needed product's other operand opened with it (``batched.mask_many``).  Rounds 1,
+    bytes |dy| + |a| + |b| (|dy| + the one operand when one gradient is needed)."""
     ctx, k = env.ctx, env.ctx.kernels
     a, b = xs
     rank = len(_shape(env, a))
     swap = (*range(rank - 2), rank - 1, rank - 2)
     out: list[Shared | None] = [None, None]
     with ctx.messenger.label("matmul_grad"):
-        dy_masked = mask_operand(ctx, dy)
+        operands = [Shared(k.transpose(v.share, swap)) for v, need in zip((b, a), needs, strict=True) if need]
+        *opened, dy_masked = mask_many(ctx, [*operands, dy])  # one round opens dy and bt, at
         if needs[0]:
-            bt = Shared(k.transpose(b.share, swap))
-            out[0] = truncate(ctx, beaver(ctx, bt, dy_masked, lambda u, d: batch_matmul_ring(k, d, u), _shape(env, a)))
+            bt = opened.pop(0)
+            out[0] = truncate(ctx, masked_product(ctx, bt, dy_masked, lambda u, d: batch_matmul_ring(k, d, u),
+                                                  _shape(env, a)))
         if needs[1]:
-            at = Shared(k.transpose(a.share, swap))
-            out[1] = truncate(ctx, beaver(ctx, at, dy_masked, lambda u, d: batch_matmul_ring(k, u, d), _shape(env, b)))
+            at = opened.pop(0)
+            out[1] = truncate(ctx, masked_product(ctx, at, dy_masked, lambda u, d: batch_matmul_ring(k, u, d),
+                                                  _shape(env, b)))
     return out, {}
 
 
@@ -583,10 +588,10 @@ def _conv2d_transpose(env: LayerEnv, node: Node, xs: list[Shared], y: Shared, ca
 
     with ctx.messenger.label("conv2d_transpose_grad"):
         if needs[0]:
-            dy_masked = mask_operand(ctx, dy)
+            x_masked, dy_masked = mask_many(ctx, [x, dy])  # one round opens both
             masked = kernel if isinstance(kernel, Masked) else mask_operand(ctx, kernel)
             dx = truncate(ctx, masked_product(ctx, dy_masked, masked, input_grad, in_shape))
-            dk = truncate(ctx, beaver(ctx, x, dy_masked, kernel_grad, kernel_shape))
+            dk = truncate(ctx, masked_product(ctx, x_masked, dy_masked, kernel_grad, kernel_shape))
         else:
             dx, dk = None, truncate(ctx, beaver(ctx, x, dy, kernel_grad, kernel_shape))
     grads = {"kernel": dk}
@@ -611,8 +616,9 @@ def _multi_head_attention(env: LayerEnv, node: Node, xs: list[Shared], y: Shared
     """Back through the output projection, heads = weights v, the softmax over keys, scores =
     q k^T and the three input projections, from the forward's q (scaled), k, v, weights and
     heads.  Each gradient that feeds two products is masked once ([dy], [d heads], [d scores],
-    each projection's [d]); kernels are masked already (their products open nothing more).
-    About 12 rounds; the softmax's error (5e-3) enters d scores through the weights."""
+    each projection's [d]), in one opening with the other operands of its products (the three
+    projections' in one); kernels are masked already (their products open nothing more).
+    6 rounds; the softmax's error (5e-3) enters d scores through the weights."""
     ctx, k, op = env.ctx, env.ctx.kernels, node.op
     q, keys, v, weights, flat = cache
     query, value = xs[0], xs[1]
@@ -629,29 +635,37 @@ def _multi_head_attention(env: LayerEnv, node: Node, xs: list[Shared], y: Shared
 
     grads: dict[str, Shared] = {}
     with ctx.messenger.label("attention_grad"):
-        rows = mask_operand(ctx, Shared(k.reshape(dy.share, (n * steps_q, width))))
-        d_out = truncate(ctx, beaver(ctx, flat, rows, lambda a, b: k.matmul(t(a), b), (hv, width)))
+        # each opening below carries every operand of its independent products (``mask_many``)
+        flat_m, rows = mask_many(ctx, [flat, Shared(k.reshape(dy.share, (n * steps_q, width)))])
+        d_out = truncate(ctx, masked_product(ctx, flat_m, rows, lambda a, b: k.matmul(t(a), b), (hv, width)))
         grads["output_kernel"] = Shared(k.reshape(d_out.share, (heads, op.value_dim, width)))
         if op.use_bias:
             grads["output_bias"] = Shared(k.sum(rows.value.share, axis=0))
         d_flat = truncate(ctx, masked_product(ctx, rows, masked_param("output_kernel", (hv, width)),
                                               lambda a, b: k.matmul(a, t(b)), (n * steps_q, hv)))
-        d_heads = mask_operand(ctx, Shared(k.transpose(k.reshape(d_flat.share, (n, steps_q, heads, op.value_dim)),
-                                                       (0, 2, 1, 3))))
-        d_weights = truncate(ctx, beaver(ctx, v, d_heads, lambda a, b: bmm(b, last2(a)), _shape(env, weights)))
-        d_v = truncate(ctx, beaver(ctx, weights, d_heads, lambda a, b: bmm(last2(a), b), _shape(env, v)))
+        d_heads, v_m, weights_m = mask_many(ctx, [
+            Shared(k.transpose(k.reshape(d_flat.share, (n, steps_q, heads, op.value_dim)), (0, 2, 1, 3))), v, weights])
+        d_weights = truncate(ctx, masked_product(ctx, v_m, d_heads, lambda a, b: bmm(b, last2(a)),
+                                                 _shape(env, weights)))
+        d_v = truncate(ctx, masked_product(ctx, weights_m, d_heads, lambda a, b: bmm(last2(a), b), _shape(env, v)))
         dot = Shared(k.sum(mul(ctx, d_weights, weights).share, axis=3, keepdims=True))
-        d_scores = mask_operand(ctx, mul(ctx, weights, sub(ctx, d_weights, dot)))
-        d_q = truncate(ctx, beaver(ctx, keys, d_scores, lambda a, b: bmm(b, a), _shape(env, q)))
+        d_scores, keys_m, q_m = mask_many(ctx, [mul(ctx, weights, sub(ctx, d_weights, dot)), keys, q])
+        d_q = truncate(ctx, masked_product(ctx, keys_m, d_scores, lambda a, b: bmm(b, a), _shape(env, q)))
         d_q = mul_public(ctx, d_q, 1.0 / math.sqrt(op.key_dim))
-        d_k = truncate(ctx, beaver(ctx, q, d_scores, lambda a, b: bmm(last2(b), a), _shape(env, keys)))
+        d_k = truncate(ctx, masked_product(ctx, q_m, d_scores, lambda a, b: bmm(last2(b), a), _shape(env, keys)))
         d_inputs: dict[str, Shared] = {}
-        for part, x, d in (("query", query, d_q), ("key", key, d_k), ("value", value, d_v)):
+        parts = (("query", query, d_q), ("key", key, d_k), ("value", value, d_v))
+        projections = []  # per part: its d (heads flattened) and its input, as rows
+        for _, x, d in parts:
+            size, dims = _shape(env, d)[3], _shape(env, x)[-1]
+            projections += [Shared(k.reshape(k.transpose(d.share, (0, 2, 1, 3)), (-1, heads * size))),
+                            Shared(k.reshape(x.share, (-1, dims)))]
+        opened = mask_many(ctx, projections)
+        for i, (part, x, d) in enumerate(parts):
             _, _, steps, size = _shape(env, d)
             dims = _shape(env, x)[-1]
-            d2 = mask_operand(ctx, Shared(k.reshape(k.transpose(d.share, (0, 2, 1, 3)), (-1, heads * size))))
-            x2 = Shared(k.reshape(x.share, (-1, dims)))
-            d_w = truncate(ctx, beaver(ctx, x2, d2, lambda a, b: k.matmul(t(a), b), (dims, heads * size)))
+            d2, x2 = opened[2 * i], opened[2 * i + 1]
+            d_w = truncate(ctx, masked_product(ctx, x2, d2, lambda a, b: k.matmul(t(a), b), (dims, heads * size)))
             grads[f"{part}_kernel"] = Shared(k.reshape(d_w.share, (dims, heads, size)))
             if op.use_bias:
                 grads[f"{part}_bias"] = Shared(k.reshape(k.sum(d2.value.share, axis=0), (heads, size)))

@@ -49,6 +49,7 @@ import numpy as np
 from bridge.backend import BackendError, Executable, StepResult, TrainingExecutable
 from bridge.ir import Placement, PrivacyMode, Program, validate_program, validate_weights
 from bridge.mpc.backward import loss_gradient, probabilities, secure_backward
+from bridge.mpc.batched import mask_many
 from bridge.mpc.comm import CommStats
 from bridge.mpc.compare import Bits, ge_zero, mul_bit
 from bridge.mpc.kernels import RingKernels
@@ -64,7 +65,6 @@ from bridge.mpc.protocol import (
     add_constant,
     add_public,
     beaver,
-    mask_operand,
     mul,
     mul_public_int,
     neg,
@@ -200,11 +200,10 @@ def batch_metrics(
 
 
 def remask(ctx: PartyContext, program: Program, params: dict[str, Any]) -> None:
-    """Mask the updated kernels once for the next batch's forward and backward products."""
-    for name in masked_parameter_names(program):
-        p = params[name]
-        if not isinstance(p, Masked):
-            params[name] = mask_operand(ctx, p)
+    """Mask the updated kernels once for the next batch's forward and backward products,
+    all of them opened in one round (``batched.mask_many``)."""
+    names = [n for n in masked_parameter_names(program) if not isinstance(params[n], Masked)]
+    params.update(zip(names, mask_many(ctx, [params[n] for n in names]), strict=True))
 
 
 # -- the executable ---------------------------------------------------------------------------------
