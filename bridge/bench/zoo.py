@@ -34,11 +34,13 @@ from typing import Any
 import numpy as np
 
 #: model name -> (keras.applications constructor, input shape, constructor options)
-ZOO_MODELS: dict[str, tuple[str, tuple[int, int, int], dict[str, Any]]] = {
+ZOO_MODELS: dict[str, tuple[str, tuple[int, ...], dict[str, Any]]] = {
     "resnet50": ("ResNet50", (224, 224, 3), {}),
     "mobilenetv2": ("MobileNetV2", (224, 224, 3), {}),
     # a small stand-in with the same code path, for a test and a quick look
     "mobilenetv2_32": ("MobileNetV2", (32, 32, 3), {"alpha": 0.35, "classes": 10}),
+    # keras.io's text CNN from token ids, vocabulary 20,000, 200 tokens (bridge.bench.text_models)
+    "text_cnn": ("text", (200,), {}),
 }
 #: the default rows: the issue's two 224x224x3 models
 DEFAULT_MODELS = ("resnet50", "mobilenetv2")
@@ -54,6 +56,10 @@ def build_model(name: str, size: int | None = None) -> Any:
     import keras
 
     constructor, shape, options = ZOO_MODELS[name]
+    if constructor == "text":
+        from bridge.bench.text_models import build_text_model
+
+        return build_text_model(name)
     if size is not None:
         shape = (size, size, shape[2])
     keras.utils.set_random_seed(0)
@@ -62,6 +68,10 @@ def build_model(name: str, size: int | None = None) -> Any:
 
 def model_input(model: Any, batch: int = 1, seed: int = 0) -> np.ndarray:
     """A batch of images in [0, 1): what an application sees after its preprocessing."""
+    if ZOO_MODELS.get(model.name, ("",))[0] == "text":
+        from bridge.bench.text_models import text_input
+
+        return text_input(model.name, batch, seed)
     shape = tuple(model.input_shape[1:])
     return np.random.default_rng(seed).uniform(0.0, 1.0, (batch, *shape)).astype(np.float32)
 
