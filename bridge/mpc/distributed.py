@@ -316,6 +316,11 @@ class PeerTransport(Transport):
             with self._state:
                 self._running -= 1
 
+    def healthy(self) -> bool:
+        """Open, not failed, sending heartbeats, and hearing every connected peer (none
+        silent for ``stall_s``): what a serving node checks before it tells clients it works."""
+        return not (self._closed or self._failed is not None or self._beating.is_set() or self._stalled())
+
     def _cluster_working(self) -> bool:
         """Whether a receive past ``timeout_s`` may keep waiting: every connected peer is
         heard (none silent for ``stall_s``) and one of them worked within ``stall_s``."""

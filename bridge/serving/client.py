@@ -61,6 +61,8 @@ class _Link:
         self.conn = conn
         self.party = conn.peer
         self._waiting: dict[str, list[Any]] = {}
+        #: when this party last said it works on a request we wait for (bridge.serving.progress)
+        self.working: dict[str, float] = {}
         self._lock = threading.Lock()
         self._lost: str | None = None
         self._reader = threading.Thread(target=self._read, name=f"serving-client-{conn.peer}", daemon=True)
@@ -70,6 +72,11 @@ class _Link:
         try:
             while True:
                 message = self.conn.read()
+                if message.header.get("op") == "working":  # a sign of work, not the answer
+                    with self._lock:
+                        if str(message.header.get("id")) in self._waiting:
+                            self.working[str(message.header.get("id"))] = time.monotonic()
+                    continue
                 with self._lock:
                     slot = self._waiting.get(str(message.header.get("id")))
                 if slot is not None:
@@ -99,6 +106,7 @@ class _Link:
     def forget(self, rid: str) -> None:
         with self._lock:
             self._waiting.pop(rid, None)
+            self.working.pop(rid, None)
 
     @property
     def lost(self) -> str | None:
@@ -136,7 +144,11 @@ class _Pending:
 def _wait_all(pending: list[_Pending], deadline: float, timeout_s: float) -> list[Message]:
     """Every party's reply. An error from one party is raised as soon as it comes (it names
     what failed, often a stalled peer), not after waiting for the other; at the deadline the
-    error names every party that has not answered."""
+    error names every party that has not answered.  Past the deadline it keeps waiting
+    while every party it waits for has said, within ``window`` (at most ``timeout_s``), that
+    it works on this request (``bridge.serving.progress``): a long forward pass is waited
+    for, a silent party is named ``window`` after its last word."""
+    window = min(timeout_s, max(timeout_s / 2, 3 * min(1.0, timeout_s / 4)))
     try:
         while True:
             waiting = [p for p in pending if not p.slot[0].is_set()]
@@ -146,6 +158,9 @@ def _wait_all(pending: list[_Pending], deadline: float, timeout_s: float) -> lis
             if not waiting:
                 return [p.wait(deadline) for p in pending]
             left = deadline - time.monotonic()
+            now = time.monotonic()
+            if left <= 0 and all(now - p.link.working.get(p.rid, -window) < window for p in waiting):
+                left = 0.05  # every party still works on it: slow is not silent
             if left <= 0:
                 names = " and ".join(repr(p.link.party) for p in waiting)
                 raise PartyStalledError(

@@ -70,6 +70,7 @@ from bridge.serving.channel import (
 from bridge.serving.config import Service
 from bridge.serving.model import service_program
 from bridge.serving.offline import party_offline
+from bridge.serving.progress import notify_working
 from bridge.serving.stats import ServiceStats
 
 CONTROL_LABEL = "serving/control"
@@ -141,7 +142,8 @@ class ServingNode:
         host, port = self.service.listen_address(self.party)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host, port), family=family)
-        for target, name in ((self._accept, "accept"), (self._mpc_loop, "mpc")):
+        for target, name in ((self._accept, "accept"), (self._mpc_loop, "mpc"),
+                             (lambda: notify_working(self), "working")):  # bridge.serving.progress
             t = threading.Thread(target=target, name=f"serving-{self.party}-{name}", daemon=True)
             t.start()
             self._threads.append(t)
