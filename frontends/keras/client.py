@@ -12,8 +12,11 @@ fractional bits: a few 1e-4 on a softmax).  Bad input is refused here before any
 is sent (``FixedPointError`` for NaN, inf or out of range; ``ValueError`` for a wrong
 shape), and an input that drives the model out of range is refused by the servers with
 ``FixedPointOverflowError`` naming the layer.  A dead or stalled server makes ``predict``
-raise ``ServiceUnavailableError`` naming it within the cluster's ``timeout_s`` (never a
-hang); retry when the service is back.  ``deploy`` is the model owner's side.
+raise ``ServiceUnavailableError`` naming it within the cluster's ``timeout_s`` of its
+silence (never a hang); a slow one, which keeps saying that it works on the request, is
+waited for (``bridge.serving.progress``).  Retry when the service is back.  A model that
+reads token ids (an integer ``keras.Input`` feeding an Embedding) takes the ids: the
+client checks them and one-hot encodes them itself before sharing (``bridge.ir.tokens``).  ``deploy`` is the model owner's side.
 """
 
 from __future__ import annotations
