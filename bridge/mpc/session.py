@@ -36,6 +36,7 @@ import numpy as np
 
 from bridge.backend import BackendError, Executable, RunResult
 from bridge.ir import Program, validate_program, validate_weights
+from bridge.ir.fold import fold_batch_norm
 from bridge.ir.tokens import one_hot_inputs
 from bridge.mpc.comm import CommStats
 from bridge.mpc.fixedpoint import encode
@@ -139,6 +140,8 @@ class SecureExecutable(Executable):
         """``weights`` are needed only where the model owner runs; ``runner`` defaults to
         every party in threads of this process."""
         validate_program(program)
+        # serving only: the owner folds inference batch norms into the op before them (bridge.ir.fold)
+        program, weights = fold_batch_norm(program, weights)
         if max_reruns < 0:
             raise ValueError(f"max_reruns must be 0 or more; received {max_reruns}")
         self.program = program
