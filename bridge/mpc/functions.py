@@ -83,20 +83,40 @@ def exp(ctx: PartyContext, x: Shared) -> Shared:
         return y
 
 
-def reciprocal(ctx: PartyContext, x: Shared, lo: float, hi: float) -> Shared:
-    """1/x for x in [lo, hi] (lo > 0) by Newton-Raphson y <- y (2 - x y) from y0 = 2/(lo+hi).
+#: fewest units of 2^-f that Newton's first step may leave y at (see ``reciprocal_start``)
+RECIPROCAL_MIN_FIRST_STEP_UNITS = 32
 
-    The relative error e_t = 1 - x y_t satisfies e_{t+1} = e_t^2 and |e_0| <= (hi-lo)/(hi+lo),
-    so t = ceil(log2((f+2) ln 2 / -ln e_0)) iterations reach 2^-(f+2).  Rounds: 2 t.
+
+def reciprocal_start(lo: float, hi: float, frac_bits: int) -> tuple[float, float]:
+    """Newton's starting point y0 for 1/x on [lo, hi] and the bound on |e_0| = |1 - x y0|.
+
+    From the midpoint guess 2/(lo+hi) the first step gives y1 = (1 - e0^2)/x, as small as
+    4 lo/(lo+hi)^2 at x = hi: on a wide range (a softmax over 1000 near-equal logits sums
+    to ~1000) that is under one unit of 2^-f, y1 truncates to 0 (or below) and Newton never
+    recovers, which made every probability 0.  There, start from 1/hi instead: e_0 is in
+    [0, 1 - lo/hi], y only grows towards 1/x and never leaves the representable range.
+    """
+    midpoint = 2.0 / (lo + hi)
+    if 4.0 * lo / (lo + hi) ** 2 * 2.0**frac_bits >= RECIPROCAL_MIN_FIRST_STEP_UNITS:
+        return midpoint, (hi - lo) / (hi + lo)
+    return 1.0 / hi, 1.0 - lo / hi
+
+
+def reciprocal(ctx: PartyContext, x: Shared, lo: float, hi: float) -> Shared:
+    """1/x for x in [lo, hi] (lo > 0) by Newton-Raphson y <- y (2 - x y) from y0 (``reciprocal_start``).
+
+    The relative error e_t = 1 - x y_t satisfies e_{t+1} = e_t^2 and |e_0| is bounded by
+    ``reciprocal_start``, so t = ceil(log2((f+2) ln 2 / -ln e_0)) iterations reach 2^-(f+2)
+    (then a result of 1/x carries 2^-f absolute rounding: 1.5% relative at x = 1000).
+    Rounds: 2 t.
     """
     if not 0 < lo < hi:
         raise ValueError(f"reciprocal needs 0 < lo < hi, received lo={lo}, hi={hi}")
-    e0 = (hi - lo) / (hi + lo)
     frac = ctx.numerics.frac_bits
+    y0, e0 = reciprocal_start(lo, hi, frac)
     iterations = max(1, math.ceil(math.log2((frac + 2) * math.log(2) / -math.log(e0))))
     k = ctx.kernels
     with ctx.messenger.label("reciprocal"):
-        y0 = 2.0 / (lo + hi)
         y = Shared(k.broadcast_to(k.constant(0), k.shape(x.share)))
         y = add_constant(ctx, y, y0)
         for _ in range(iterations):

@@ -146,6 +146,32 @@ def test_reciprocal_and_softmax(parties):
     np.testing.assert_allclose(out, e / e.sum(axis=1, keepdims=True), atol=5e-3)
 
 
+@pytest.mark.parametrize("spread", [0.0, 1e-3, 0.3])
+def test_softmax_over_many_near_equal_logits(parties, spread):
+    """1000 near-equal logits sum to ~1000 under e^(x - max): Newton from the midpoint guess
+    2/(1 + 1000) left y at 0 after its first step and every probability came out 0
+    (keras.applications' 1000-class heads, random weights)."""
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(2, 1000)) * spread
+    out, _, _ = secure_eval(parties, functions.softmax, logits)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected = e / e.sum(axis=1, keepdims=True)
+    # 1/sum carries 2^-16 absolute rounding: ~1.5% of a probability near 1e-3
+    np.testing.assert_allclose(out, expected, rtol=0.03, atol=2e-5)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=0.03)
+
+
+def test_reciprocal_start_keeps_newton_representable():
+    """Whichever start is chosen, Newton's first step stays well above one unit of 2^-16."""
+    for lo, hi in ((1.0, 2.0), (1.0, 10.0), (1.0, 65.0), (1.0, 1000.0), (1.0, 2000.0)):
+        y0, e0 = functions.reciprocal_start(lo, hi, 16)
+        for x in (lo, hi):
+            y1 = y0 * (2 - x * y0)
+            assert y1 * 2**16 >= 32, (lo, hi, x)
+            assert abs(1 - x * y0) <= e0 + 1e-12
+    assert functions.reciprocal_start(1.0, 2.0, 16)[0] == pytest.approx(2 / 3)  # sigmoid's range: as before
+
+
 def test_truncation_error_is_one_ulp_with_rare_wraps(kernels):
     """SecureML truncation: off by at most 1 ulp, except with probability <= 2^(l+1-64)."""
     tp = make_parties(kernels)
