@@ -161,6 +161,40 @@ def _nested_sequential(call: _Call, b: _Builder) -> None:
         value = out
 
 
+_DOT = "Dot of two (batch, n) tensors, or of two (batch, n, d) tensors over one feature axis each"
+
+
+def _dot(call: _Call, b: _Builder) -> None:
+    """keras.layers.Dot as the ops it is: (batch, n) . (batch, n) -> (batch, 1) is a product and a
+    sum over the features; (batch, n, d) . (batch, m, e) contracting one axis of each is a batched
+    matmul of the operands with the contracted axis moved last (left) and first (right)."""
+    if call.config.get("normalize"):
+        raise call.refuse("normalize=True", _DOT + " with normalize=False (an l2 normalisation of "
+                          "each operand first: add it as layers the importer reads, or normalise in the model)")
+    if len(call.inputs) != 2:
+        raise call.refuse(f"{len(call.inputs)} inputs", _DOT)
+    left, right = call.inputs
+    shapes = [b.shapes[left], b.shapes[right]]
+    rank = len(shapes[0]) + 1
+    axes = call.config.get("axes")
+    pair = list(axes) if isinstance(axes, (list, tuple)) else [axes, axes]
+    if len(shapes[1]) + 1 != rank or rank not in (2, 3) or len(pair) != 2:
+        raise call.refuse(f"inputs of shapes (None, {shapes[0]}) and (None, {shapes[1]}), axes={axes!r}", _DOT)
+    a, c = (int(v) % rank for v in pair)
+    if 0 in (a, c) or shapes[0][a - 1] != shapes[1][c - 1]:
+        raise call.refuse(f"axes={axes!r} for inputs of shapes (None, {shapes[0]}) and (None, {shapes[1]})",
+                          _DOT + " with contracted axes of equal length, other than the batch axis")
+    if rank == 2:
+        product = b.emit(f"{call.node}/product", irops.Multiply(), [left, right], f"{call.output}/product")
+        b.emit(call.node, irops.ReduceSum(axes=(0,), keepdims=True), [product], call.output)
+        return
+    if a == 1:  # contract the left operand's last axis
+        left = b.emit(f"{call.node}/left", irops.Transpose(perm=(1, 0)), [left], f"{call.output}/left")
+    if c == 2:  # contract the right operand's first feature axis
+        right = b.emit(f"{call.node}/right", irops.Transpose(perm=(1, 0)), [right], f"{call.output}/right")
+    b.emit(call.node, irops.MatMul(), [left, right], call.output)
+
+
 #: Keras layer class name -> rule
 LAYER_RULES = {
     "Sequential": _nested_sequential,
@@ -169,6 +203,7 @@ LAYER_RULES = {
     "Conv2DTranspose": _conv2d_transpose,
     "LayerScale": _layer_scale,
     "StochasticDepth": _inference_identity,
+    "Dot": _dot,
 }
 
 #: Keras layer class name -> the options its rule reads (public attributes)
@@ -180,6 +215,7 @@ LAYER_OPTIONS = {
                         "output_padding", "activation", "use_bias"),
     "LayerScale": ("projection_dim",),
     "StochasticDepth": ("drop_path_rate",),
+    "Dot": ("axes", "normalize"),
 }
 
 
