@@ -17,6 +17,7 @@ import numpy as np
 from bridge.im2col import Im2ColPlan, im2col_plan
 from bridge.ir import Node, Program
 from bridge.ir import ops as irops
+from bridge.ir.fold import bn_affine
 from bridge.mpc import activations, attention, conv_transpose, functions, normalization
 from bridge.mpc import recurrent  # Embedding, SimpleRNN/LSTM/GRU, Reverse
 from bridge.mpc.compare import ge_zero, mul_bit
@@ -49,8 +50,8 @@ def _value(p: Param) -> Shared:
 
 def _bn_affine(op: irops.BatchNorm, plain: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The owner folds inference batch norm into y = x * scale + shift before sharing."""
-    scale = plain["gamma"] / np.sqrt(plain["moving_variance"] + op.epsilon)
-    return {"scale": scale, "shift": plain["beta"] - plain["moving_mean"] * scale}
+    scale, shift = bn_affine(op, plain["gamma"], plain["beta"], plain["moving_mean"], plain["moving_variance"])
+    return {"scale": scale, "shift": shift}
 
 
 #: op kind -> owner's plaintext rewrite of that node's parameters (role -> array)
