@@ -4,12 +4,14 @@ the client session every service test runs (good, bad, good, each good answer ch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,22 @@ SESSION_REQUESTS, SESSION_ERRORS = 3, 1
 
 
 # -- the parties in threads of this process -----------------------------------------------------
+@contextlib.contextmanager
+def nodes_in_threads(service: Any, secure: Any, log: Callable[[str], None] = lambda _: None) -> Iterator[dict]:
+    """The parties' ServingNodes of ``service`` on backend ``secure``, started in threads of this
+    process and stopped when the block is left, whatever happened in it."""
+    from bridge.serving.node import ServingNode
+
+    nodes = {p: ServingNode(service, p, secure, log=log) for p in PARTIES}
+    for node in nodes.values():
+        node.start()
+    try:
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
 def wait_nodes_ready(nodes: dict, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not all(n.ready for n in nodes.values()):

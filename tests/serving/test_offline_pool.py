@@ -15,7 +15,7 @@ from bridge.serving.config import load_service
 from bridge.serving.node import ServingNode
 from frontends.keras.client import connect
 from tests.distributed.models import tiny_mlp
-from tests.serving.helpers import ATOL, PARTIES, make_service, plaintext
+from tests.serving.helpers import ATOL, make_service, nodes_in_threads, plaintext
 from tests.serving.helpers import wait_nodes_ready as wait_ready
 
 
@@ -35,10 +35,7 @@ def test_pool_refills_per_batch_size_and_requests_consume_it(tmp_path, backend):
     cluster = make_service(tmp_path, clients=["alice"], timeout_s=20.0)
     service = load_service(cluster)
     assert (service.serving.offline_depth, service.serving.offline_capacity) == (2, 16)
-    nodes = {p: ServingNode(service, p, get_backend(backend), log=lambda _: None) for p in PARTIES}
-    for node in nodes.values():
-        node.start()
-    try:
+    with nodes_in_threads(service, get_backend(backend)) as nodes:
         program, weights = tiny_mlp()
         deploy(cluster, program, weights, "owner")
         wait_ready(nodes)
@@ -64,6 +61,3 @@ def test_pool_refills_per_batch_size_and_requests_consume_it(tmp_path, backend):
             assert (counts["precomputed_batches"], counts["inline_batches"]) == (3, 2), (party, counts)
         assert status["pool"]["by_batch"] == {"1": 2, "3": 2} and status["pool"]["capacity"] == 16
         assert status["online_precomputed_s"]["p50"] is not None and status["online_inline_s"]["p50"] is not None
-    finally:
-        for node in nodes.values():
-            node.stop()

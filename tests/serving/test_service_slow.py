@@ -15,10 +15,9 @@ import pytest
 from bridge.registry import get_backend
 from bridge.serving.client import ServiceUnavailableError, deploy
 from bridge.serving.config import load_service
-from bridge.serving.node import ServingNode
 from frontends.keras.client import connect
 from tests.distributed.models import tiny_mlp
-from tests.serving.helpers import ATOL, PARTIES, make_service, plaintext
+from tests.serving.helpers import ATOL, make_service, nodes_in_threads, plaintext
 from tests.serving.helpers import wait_nodes_ready as wait_ready
 
 TIMEOUT_S = 4.0
@@ -44,10 +43,7 @@ def test_a_forward_longer_than_timeout_is_answered_and_a_stall_still_named(tmp_p
         return matmul(self, a, b)
 
     monkeypatch.setattr(kernels_class, "matmul", slowed)
-    nodes = {p: ServingNode(service, p, secure, log=lambda _: None) for p in PARTIES}
-    for node in nodes.values():
-        node.start()
-    try:
+    with nodes_in_threads(service, secure) as nodes:
         program, weights = tiny_mlp()
         deploy(cluster, program, weights, "owner")
         wait_ready(nodes)
@@ -67,6 +63,3 @@ def test_a_forward_longer_than_timeout_is_answered_and_a_stall_still_named(tmp_p
             waited = time.monotonic() - start
             assert slow["slept"] == 2, stalled.value
             assert waited <= TIMEOUT_S + 2.0, (waited, str(stalled.value))
-    finally:
-        for node in nodes.values():
-            node.stop()

@@ -13,10 +13,9 @@ from bridge.ir.tokens import TokenInputError
 from bridge.registry import get_backend
 from bridge.serving.client import deploy
 from bridge.serving.config import load_service
-from bridge.serving.node import ServingNode
 from frontends.cli import main
 from frontends.keras.client import connect
-from tests.serving.helpers import PARTIES, make_service
+from tests.serving.helpers import make_service, nodes_in_threads
 from tests.serving.helpers import wait_nodes_ready as wait_ready
 
 VOCAB, STEPS = 40, 10
@@ -43,10 +42,7 @@ def test_token_model_served(tmp_path, backend):
     program, weights = to_ir(model)
     cluster = make_service(tmp_path, clients=["alice"], timeout_s=10.0)
     service = load_service(cluster)
-    nodes = {p: ServingNode(service, p, get_backend(backend)) for p in PARTIES}
-    for node in nodes.values():
-        node.start()
-    try:
+    with nodes_in_threads(service, get_backend(backend), log=print) as nodes:
         deploy(cluster, program, weights, "owner")
         wait_ready(nodes)
         rng = np.random.default_rng(0)
@@ -83,6 +79,3 @@ def test_token_model_served(tmp_path, backend):
         assert main(["predict", "--cluster", str(cluster), "--identity", "alice", "--input",
                      str(tmp_path / "ids.npy"), "--output", str(tmp_path / "y.npy")]) == 0
         assert np.abs(np.load(tmp_path / "y.npy") - expected).max() < ATOL
-    finally:
-        for node in nodes.values():
-            node.stop()
