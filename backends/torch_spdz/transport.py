@@ -59,6 +59,10 @@ from bridge.security.keys import PartyCredentials, load_credentials
 from bridge.security.rendezvous import RendezvousClient, RendezvousError, RendezvousServer, RendezvousUnreachable
 
 TAG = 0
+#: the tag of ``_break_link``'s receive, which no frame ever uses
+BREAK_TAG = 1
+#: how long a receiving thread may take to end once its link is broken
+BREAK_JOIN_S = 5.0
 #: how long a receiving thread may wait for its peer's next message: "forever" (the
 #: protocol's own timeout, in ``PeerTransport.recv``, decides when a silence is an error)
 IDLE_WAIT = datetime.timedelta(days=3650)
@@ -335,24 +339,47 @@ class GlooTransport(PeerTransport):
                 break
 
     def _shutdown(self) -> None:
-        """Wait (at most ``timeout_s``) until every peer has said goodbye or dropped, then
-        shut the gloo group down.
+        """Wait (at most ``timeout_s``) until every peer has said goodbye or dropped, break
+        the links of any peer still silent, then shut the gloo group down.
 
-        Every party says goodbye when it closes, also after a failure, so in a run
-        that ends (well or badly) all receiving threads end here.  They must: a
-        thread still blocked in gloo when the interpreter exits is torn down by the
-        exit, and if its peer's goodbye wakes it just then, the C++ runtime aborts
-        the process.  Only a peer that is stuck past the timeout leaves one behind.
+        No receiving thread may still be blocked in gloo when the interpreter exits: if a
+        frame or a closed link wakes it while the interpreter finalizes, the thread cannot
+        take the GIL back, CPython ends it with ``pthread_exit``, and unwinding through
+        gloo's C++ wait calls ``std::terminate``: the process aborts (SIGABRT) after its
+        error was already reported.  A peer that stalls (stopped, or stuck) would do that
+        when it resumes.  So a peer this party already gave up on has its link broken at
+        once, any other one after ``timeout_s`` without a goodbye, and every thread ends here.
         """
         deadline = time.monotonic() + self.timeout_s
+        for peer, thread in zip(self.peers, self._threads, strict=True):
+            if thread.is_alive() and self._inbox[peer].gone is not None:
+                self._break_link(peer)
         for t in self._threads:
             t.join(max(deadline - time.monotonic(), 0.0))
+        for peer, thread in zip(self.peers, self._threads, strict=True):
+            if thread.is_alive():
+                self._break_link(peer)
+        for t in self._threads:
+            t.join(BREAK_JOIN_S)
         if self._store is not None and self.rank == 0 and not self.cluster.external_rendezvous:
             self._await_passed(deadline)
         if not any(t.is_alive() for t in self._threads):
             self._group.shutdown()
             self._store = None  # rank 0 stops serving the rendezvous
             self._close_rendezvous()
+
+    def _break_link(self, peer: str) -> None:
+        """Close the gloo pair to ``peer``, so that a receive blocked on it fails now.
+
+        ``ProcessGroupGloo.abort()`` and ``shutdown()`` leave a posted receive waiting
+        (checked against torch 2.13), but gloo closes a pair whose wait times out: a
+        receive on a tag no frame uses, waited for a millisecond, does exactly that.
+        """
+        probe = torch.empty(1, dtype=torch.uint8)
+        try:
+            self._group.recv([probe], self._ranks[peer], BREAK_TAG).wait(datetime.timedelta(milliseconds=1))
+        except Exception:  # noqa: BLE001, S110 - the timeout closing the pair is the point
+            pass
 
     def _await_passed(self, deadline: float) -> None:
         """Rank 0 serves the store: it stays until every party has read it for the last time."""

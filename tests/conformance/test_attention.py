@@ -50,7 +50,10 @@ def test_layer_norm_bound_holds_for_tiny_huge_and_constant_rows(backend_name):
     mean = np.abs(rows.mean(axis=1, keepdims=True))
     bound = 1.5e-4 * np.abs(want) + 3 * F + (1.5 * F + n * 2.0**-25 * mean) / std
     assert np.all(np.abs(got - want) <= bound), np.abs(got - want) / bound
-    assert np.all(np.abs(got[2]) <= 3 * F)  # a constant row normalizes to beta = 0
+    # a constant row normalizes to beta = 0, up to the mean's one unit of truncation (2^-16, which
+    # the probabilistic truncation adds or not) over sqrt(eps): the same value in every column
+    assert np.all(np.abs(got[2]) <= 3 * F + 1.5 * F / np.sqrt(1e-5)), got[2]
+    assert np.ptp(got[2]) <= 2 * F, got[2]
 
 
 

@@ -8,7 +8,8 @@ timeouts of a few seconds).  Then the cluster's first party starts each round (a
 apart) with ``100 * round``, every other party adds one and passes it on, and the first party
 checks what comes back.  It prints ``round R`` after each round, ``OK <total>`` at the
 end (the first party's total of what came back), or ``ERROR <kind>: <message>`` and
-exits 1 after telling the peers, as ``DistributedParty.run`` does.
+exits 1 after telling the peers, as ``DistributedParty.run`` does, printing ``closed <n>``
+once its transport is closed (n: its receiving threads still alive then).
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ if ENGINE == "gloo":
     from backends.torch_spdz.transport import GlooTransport as Transport
 else:
     from backends.tf_pond.transport import GrpcTransport as Transport
+
+
+def _receivers_alive(transport: object) -> int:
+    """How many of the transport's receiving threads outlived ``close()`` (gloo's; gRPC's
+    receives are served by its own server threads)."""
+    return sum(t.is_alive() for t in getattr(transport, "_threads", ()))
 
 
 def main() -> int:
@@ -58,6 +65,7 @@ def main() -> int:
         print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
         transport.abort(abort_notice(exc))
         transport.close()
+        print(f"closed {_receivers_alive(transport)}", flush=True)
         return 1
     transport.close()
     return 0

@@ -146,12 +146,16 @@ def test_a_peer_paused_beyond_the_timeout_is_named_by_every_other_party(tmp_path
         ring.wait_for("b", "round 3", 60)
         paused_at = ring.pause("b")
         errors = {n: ring.wait_for(n, "ERROR", 60) for n in ("a", "c")}
-        ring.resume("b")  # only now: the others must give up while b is still stopped
+        closed = {n: ring.wait_for(n, "closed", 60) for n in ("a", "c")}
+        ring.resume("b")  # only now: the others must give up and close while b is still stopped
         codes = ring.finish()
         for name, (at, error) in errors.items():
             assert stalled_parties(error) == {"b"}, f"{name}: {error}"
             assert at - paused_at >= timeout_s - 0.25, f"{name} gave up {at - paused_at:.1f} s into the pause: {error}"
-            assert codes[name] == 1
+            assert closed[name][1] == "closed 0", ring.output(name)
+            assert codes[name] == 1, ring.output(name)
+        # b, resumed, finds its links closed and stops with its own error, not a crash
+        assert codes["b"] == 1, ring.output("b")
     finally:
         ring.stop()
 
@@ -181,6 +185,36 @@ def test_grpc_a_port_that_accepts_but_never_answers_is_a_paused_peer_not_a_dead_
         assert "its process is gone" in (a._probe("b") or "")
     finally:
         a.close()
+
+
+@pytest.mark.parametrize("gave_up_on_it", [False, True])
+def test_gloo_close_leaves_no_receiving_thread_blocked_on_a_silent_peer(gave_up_on_it):
+    """A receiving thread still blocked in gloo when the interpreter exits aborts the process
+    (SIGABRT) if its peer's goodbye or closed link wakes it during the exit.  So ``close()``
+    waits ``timeout_s`` for a live peer's goodbye, at once breaks the link of a peer already
+    given up on, and in both cases returns with every receiving thread ended."""
+    timeout_s = 2.0
+    config = loopback_cluster(["a", "b"], timeout_s=timeout_s)
+    ts = in_threads(lambda n: transport_class("gloo")(config, n), config.names)
+    a, b = ts["a"], ts["b"]
+    assert not isinstance(a, BaseException) and not isinstance(b, BaseException), ts
+    try:
+        b._stop_heartbeats()  # b stays connected but never says goodbye
+        if gave_up_on_it:
+            a._peer_gone("b", "party 'b' stalled (test)")
+        start = time.monotonic()
+        a.close()
+        took = time.monotonic() - start
+        assert not any(t.is_alive() for t in a._threads), "a receiving thread outlived close()"
+        if gave_up_on_it:
+            assert took < timeout_s, f"close() waited {took:.1f} s for a peer it had given up on"
+        else:
+            assert timeout_s - 0.1 <= took < timeout_s + 4.0, f"close() took {took:.1f} s"
+        with pytest.raises(PeerError, match="'a'"):  # b learns that a is gone; nothing hangs
+            b.recv("a")
+    finally:
+        b.close()
+    assert not any(t.is_alive() for t in b._threads)
 
 
 @pytest.mark.slow
