@@ -61,9 +61,13 @@ SLOW_SCENARIOS: dict[tuple[str, str, str], str] = {
         "kept: torch-spdz (the same script serving and training, embedded and launched); tf-pond's launched "
         "serving in tests/distributed/test_launch.py, Keras on torch with tf-pond embedded in "
         "tests/backends/test_switching.py; repeated by test_stress_same_script_embedded_and_launched",
-    ("tests/distributed/test_federated.py", "test_federated_rounds_across_processes_match_embedded", "tf-pond"):
-        "six Keras processes (about 90 s on a quiet 2-core host); kept: torch-spdz, and tf-pond's gRPC "
-        "transport across processes in tests/distributed/test_launch.py (serving and training)",
+    ("tests/distributed/test_federated.py", "test_federated_rounds_across_processes_match_embedded", ""):
+        "five Keras processes (about 50 s on a quiet 2-core host); kept: the launched 3-client run with a "
+        "client killed, whose survivors are checked against the embedded 2-client run (their second round "
+        "is this run's) on torch-spdz, and tf-pond's gRPC transport across processes in "
+        "tests/distributed/test_launch.py (serving and training)",
+    ("tests/distributed/test_federated.py",
+     "test_the_survivors_of_a_killed_client_match_the_embedded_two_client_run", "tf-pond"): "kept: torch-spdz",
     ("tests/training/test_fit_arguments.py", "test_secure_validation_split_reports_the_held_out_rows", "tf-pond"):
         "the split is made in the front end, before any backend; kept: torch-spdz",
     ("tests/training/test_fit_arguments.py", "test_secure_training_of_two_inputs_follows_the_reference", "tf-pond"):

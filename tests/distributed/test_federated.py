@@ -59,13 +59,42 @@ def _launched(tmp_path: Path, backend: str, clients: int, extra: list[str]) -> t
 @pytest.fixture
 def embedded_two_clients(shared_run):
     """``run(backend)``: the embedded 2-client, ROUNDS-round result of the script, made once per
-    backend and session for both launched tests (a Keras process: seconds of CPU)."""
+    backend and session for the launched tests (a Keras process: seconds of CPU)."""
 
     def run(backend: str) -> dict:
         return shared_run(f"federated-embedded-{backend}",
                           lambda where: _results(run_embedded(SCRIPT, ["2", str(ROUNDS)], backend, where))["embedded"])
 
     return run
+
+
+@pytest.fixture
+def carol_killed(shared_run):
+    """``run(backend)``: the launched 3-client run in which carol's process SIGKILLs itself in
+    round 1 after its first share reached aggregator 0, made once per backend and session for
+    the tests that check its two sides (six Keras processes: the suite's costliest launch)."""
+
+    def run(backend: str) -> dict:
+        def make(where: Path) -> dict:
+            results, report, log = _launched(where, backend, 3, ["kill", "carol"])
+            return {"results": results, "returncodes": report.returncodes, "killed": report.killed,
+                    "log": log[-3000:]}
+
+        return shared_run(f"federated-carol-killed-{backend}", make)
+
+    return run
+
+
+def _aggregator_bytes(clients: int, length: int) -> int:
+    """What an aggregator sends in a round of ``clients`` clients: who arrived (a bit each) and
+    its share of the sum of the arrived updates of ``length`` values plus the count."""
+    return (clients + 7) // 8 + 8 * (clients + length)
+
+
+def _owner_bytes(clients: int) -> int:
+    """What the model owner sends in a round: [go, r] and the weights to each client, [go, r] to
+    each aggregator."""
+    return clients * 8 * (2 + PARAMETERS) + 2 * 8 * 2
 
 
 @pytest.mark.parametrize("backend", SECURE_BACKENDS)
@@ -87,32 +116,58 @@ def test_federated_rounds_across_processes_match_embedded(tmp_path, backend, emb
             np.testing.assert_allclose(got, want, atol=0)
     # exact traffic: each aggregator 1 + 8 (m + L) bytes, as embedded; each client 2 * 8 L;
     # the owner broadcasts [go, r] and the weights to 2 clients, [go, r] to 2 aggregators
-    m, length = 2, PARAMETERS + 2 + 1  # the update, loss and accuracy, the sample weight
+    length = PARAMETERS + 2 + 1  # the update, loss and accuracy, the sample weight
     for aggregator in ("aggregator0", "aggregator1"):
-        assert results[aggregator]["logs"]["bytes_sent"] == [(m + 7) // 8 + 8 * (m + length)] * ROUNDS
+        assert results[aggregator]["logs"]["bytes_sent"] == [_aggregator_bytes(2, length)] * ROUNDS
         assert results[aggregator]["logs"]["bytes_sent"] == alone["logs"]["bytes_per_party"]
     for client in ("alice", "bob"):
         assert results[client]["logs"]["bytes_sent"] == [2 * 8 * length] * ROUNDS
     assert sum(results[c]["logs"]["bytes_sent"][0] for c in ("alice", "bob")) == alone["logs"]["upload_bytes"][0]
-    assert owner["logs"]["bytes_sent"] == [2 * 8 * (2 + PARAMETERS) + 2 * 8 * 2] * ROUNDS
+    assert owner["logs"]["bytes_sent"] == [_owner_bytes(2)] * ROUNDS
 
 
 @pytest.mark.parametrize("backend", SECURE_BACKENDS)
-def test_a_client_killed_mid_share_is_dropped_and_the_others_finish(tmp_path, backend, embedded_two_clients):
-    results, report, log = _launched(tmp_path, backend, 3, ["kill", "carol"])
-    assert report.returncodes["carol"] == -9, log[-3000:]
-    assert report.killed == [], f"the launcher had to kill {report.killed}: they hung\n{log[-3000:]}"
-    assert all(report.returncodes[p] == 0 for p in results), log[-3000:]
+def test_the_survivors_of_a_killed_client_match_the_embedded_two_client_run(backend, carol_killed,
+                                                                            embedded_two_clients):
+    """Once carol is dropped, the launched run is the 2-client one: the same global model,
+    metrics and traffic as the embedded 2-client run, carol's round-1 share discarded."""
+    run, alone = carol_killed(backend), embedded_two_clients(backend)
+    results = run["results"]
+    assert sorted(results) == ["aggregator0", "aggregator1", "alice", "bob", "model_owner"], run["log"]
+    owner = results["model_owner"]
+    for got, want in zip(owner["weights"], alone["weights"], strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    for key in ("loss", "accuracy", "clients_used"):
+        np.testing.assert_allclose(owner["logs"][key], alone["logs"][key], atol=1e-6)
+    assert owner["logs"]["clients_dropped"] == [1] * ROUNDS
+    # every client ends with the final global model
+    for client in ("alice", "bob"):
+        for got, want in zip(results[client]["weights"], owner["weights"], strict=True):
+            np.testing.assert_allclose(got, want, atol=0)
+    # exact traffic: carol stays on the aggregators' roster (a bit and an 8-byte word for her in both
+    # rounds, marked absent); what the clients upload is the 2-client run's
+    length = PARAMETERS + 2 + 1  # the update, loss and accuracy, the sample weight
+    for aggregator in ("aggregator0", "aggregator1"):
+        assert results[aggregator]["logs"]["bytes_sent"] == [_aggregator_bytes(3, length)] * ROUNDS
+    for client in ("alice", "bob"):
+        assert results[client]["logs"]["bytes_sent"] == [2 * 8 * length] * ROUNDS
+    assert sum(results[c]["logs"]["bytes_sent"][0] for c in ("alice", "bob")) == alone["logs"]["upload_bytes"][0]
+    assert owner["logs"]["bytes_sent"] == [_owner_bytes(3), _owner_bytes(2)]
+
+
+@pytest.mark.parametrize("backend", SECURE_BACKENDS)
+def test_a_client_killed_mid_share_is_dropped_and_the_others_finish(backend, carol_killed):
+    run = carol_killed(backend)
+    results, codes, log = run["results"], run["returncodes"], run["log"]
+    assert codes["carol"] == -9, log
+    assert run["killed"] == [], f"the launcher had to kill {run['killed']}: they hung\n{log}"
+    assert all(codes[p] == 0 for p in results), log
     assert sorted(results) == ["aggregator0", "aggregator1", "alice", "bob", "model_owner"]
     rounds = results["model_owner"]["rounds"]
     assert [r["included"] for r in rounds] == [["alice", "bob"]] * ROUNDS
     # round 1: its share reached aggregator 0 only and was discarded; round 2: its process is gone
     assert "did not reach both aggregators" in rounds[0]["dropped"]["carol"]
     assert "its process is gone" in rounds[1]["dropped"]["carol"] and "'carol'" in rounds[1]["dropped"]["carol"]
-    # the survivors' model is the average of alice's and bob's updates alone: the 2-client run's
-    two = embedded_two_clients(backend)
-    for got, want in zip(results["model_owner"]["weights"], two["weights"], strict=True):
-        np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 # -- the protocol in threads, over in-memory transports -------------------------------------------
