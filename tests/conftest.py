@@ -41,10 +41,10 @@ SLOW_SCENARIOS: dict[tuple[str, str, str], str] = {
         "kept: encrypted_serving, logistic_regression (itself an encrypted training)",
     ("tests/examples/test_examples.py", "test_example_runs_and_reports_an_accuracy", "federated_hospitals"):
         "kept: tests/federated (the same FedAvg, shorter)",
-    ("tests/examples/test_examples.py", "test_example_runs_one_process_per_party_with_its_cluster_file",
-     "encrypted_training"): "kept: the encrypted_serving example under launch",
-    ("tests/examples/test_examples.py", "test_example_runs_one_process_per_party_with_its_cluster_file",
-     "federated_hospitals"): "kept: the encrypted_serving example under launch",
+    ("tests/examples/test_examples.py", "test_example_runs_one_process_per_party_with_its_cluster_file", ""):
+        "four Keras processes per example; kept: every example's cluster file checked without a process "
+        "(test_every_example_cluster_file_fits_its_example), an unchanged Keras script under launch "
+        "(tests/distributed/test_user_script.py) and the federated launch (tests/distributed/test_federated.py)",
     ("tests/training/test_accuracy.py", "test_private_training_matches_plaintext_keras_accuracy", "digits"):
         "full-data MLP/CNN accuracy; kept: breast_cancer_logreg on both backends",
     ("tests/federated/test_keras_federated.py", "test_iid_accuracy_within_two_points_of_centralized", ""):

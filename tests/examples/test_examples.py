@@ -54,6 +54,28 @@ LAUNCHED = [
 
 
 @pytest.mark.parametrize(("example", "cluster", "reporter", "line"), LAUNCHED, ids=[e for e, *_ in LAUNCHED])
+def test_every_example_cluster_file_fits_its_example(example, cluster, reporter, line):
+    """Without starting a process (the launches below run in make test-slow): each example's
+    cluster file loads and gives the parties its mode needs, the reporting party among them."""
+    from bridge.cluster import load_cluster
+    from bridge.federated.distributed import FederatedCluster
+    from bridge.ir import Role
+
+    config = load_cluster(ROOT / "examples" / f"{cluster}.toml")
+    assert not config.insecure and config.keys is not None  # launch makes the keys on first use
+    if example == "federated_hospitals":
+        assert FederatedCluster.from_cluster(config).owner == reporter
+        return
+    assert len(config.with_role(Role.COMPUTE)) == 2 and len(config.with_role(Role.DEALER)) == 1
+    if example == "encrypted_serving":
+        placement = config.placement(["x"], ["y"])  # what privatize makes of the cluster
+        config.check_placement(placement)
+        assert reporter in placement.output_receivers["y"]
+    else:  # encrypted training: one model owner (it reports), the data owners
+        assert config.with_role(Role.MODEL_OWNER) == (reporter,) and config.with_role(Role.DATA_OWNER)
+
+
+@pytest.mark.parametrize(("example", "cluster", "reporter", "line"), LAUNCHED, ids=[e for e, *_ in LAUNCHED])
 def test_example_runs_one_process_per_party_with_its_cluster_file(example, cluster, reporter, line, tmp_path):
     """``privacy-bridge launch --cluster examples/X.toml -- examples/Y.py --quick``, on free ports."""
     from bridge.cluster import load_cluster, to_toml
