@@ -431,11 +431,24 @@ def check(name: str) -> dict[str, Any]:
     return {"kinds": kinds, "error": error}
 
 
+#: whole models whose import and predict must not load TensorFlow under another Keras backend
+#: (checked first; some Keras layers load it themselves when built, e.g. Bidirectional)
+WITHOUT_TENSORFLOW = ("mlp", "lenet", "residual_bn")
+
+
 def main(names: list[str]) -> None:
+    """One JSON line: the Keras backend, each case's result, and whether TensorFlow was loaded
+    once Keras was imported and once the WITHOUT_TENSORFLOW cases were checked."""
     import keras
 
-    results = {name: check(name) for name in names or list(CASES)}
-    print(json.dumps({"backend": keras.backend.backend(), "results": results}))
+    names = names or list(CASES)
+    before = "tensorflow" in sys.modules
+    first = [n for n in WITHOUT_TENSORFLOW if n in names]
+    results = {name: check(name) for name in first}
+    after_first = "tensorflow" in sys.modules
+    results.update({name: check(name) for name in names if name not in results})
+    print(json.dumps({"backend": keras.backend.backend(), "results": results,
+                      "tensorflow_before": before, "tensorflow_after_first": after_first, "first": first}))
 
 
 if __name__ == "__main__":
