@@ -38,7 +38,13 @@ SLOW_SCENARIOS: dict[tuple[str, str, str], str] = {
     ("tests/examples/test_examples.py", "test_demo_prints_the_table_and_writes_the_plot", ""):
         "the whole demo (every mode, 3 epochs); tests/cli/test_demo.py checks its parts",
     ("tests/examples/test_examples.py", "test_example_runs_and_reports_an_accuracy", "encrypted_training"):
-        "kept: encrypted_serving, logistic_regression (itself an encrypted training)",
+        "kept: encrypted_serving; encrypted training of the same kind in tests/training",
+    ("tests/examples/test_examples.py", "test_example_runs_and_reports_an_accuracy", "logistic_regression"):
+        "kept: encrypted_serving; the same logistic regression trained encrypted in "
+        "tests/training/test_accuracy.py (breast_cancer_logreg, both backends)",
+    ("tests/distributed/test_bench.py", "test_training_row_counts_one_epoch_in_three_processes_as_embedded", ""):
+        "three more processes; kept: the serving row's launch (test_measure_reports_process_figures_...) and "
+        "encrypted training across processes with counts equal to embedded (tests/distributed/test_launch.py)",
     ("tests/examples/test_examples.py", "test_example_runs_and_reports_an_accuracy", "federated_hospitals"):
         "kept: tests/federated (the same FedAvg, shorter)",
     ("tests/examples/test_examples.py", "test_example_runs_one_process_per_party_with_its_cluster_file", ""):
