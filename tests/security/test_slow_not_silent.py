@@ -160,3 +160,56 @@ def test_embedded_parties_that_all_wait_still_stop_at_timeout():
     with pytest.raises(Exception, match="which sent nothing"):
         parties.run(lambda ctx: ctx.messenger.recv_bytes("server1" if ctx.name == "server0" else "server0"))
     assert TIMEOUT_S <= time.monotonic() - start < TIMEOUT_S + 1.5
+
+
+def test_embedded_a_wait_lasts_while_the_others_still_exchange_messages():
+    """In memory, a party handed its message still counts as receiving until its recv returns,
+    so two parties passing messages back and forth look, at most instants, as if both were
+    waiting.  A third party waiting longer than timeout_s for one of them must keep waiting
+    while messages move (it failed under load once, mid forward pass), and parties that all
+    wait for one another must still stop about timeout_s after the last message moved."""
+    from bridge.mpc.comm import InMemoryNetwork
+
+    timeout_s = 0.3
+    network = InMemoryNetwork(["a", "b", "c"], timeout_s=timeout_s)
+    ts = {n: network.transport(n) for n in ("a", "b", "c")}
+    chat_s = 8 * timeout_s
+
+    def b() -> str:
+        network.bind("b")
+        end = time.monotonic() + chat_s
+        while time.monotonic() < end:  # b and c pass one message back and forth, both mostly in recv
+            ts["b"].send("c", b"ping")
+            ts["b"].recv("c")
+        ts["b"].send("c", b"done")
+        ts["b"].send("a", b"at last")
+        return "ok"
+
+    def c() -> str:
+        network.bind("c")
+        while ts["c"].recv("b") != b"done":
+            ts["c"].send("b", b"pong")
+        return "ok"
+
+    def a() -> str:
+        network.bind("a")
+        start = time.monotonic()
+        got = ts["a"].recv("b")
+        assert time.monotonic() - start >= chat_s
+        return got.decode()
+
+    outcome = in_threads(lambda n: {"a": a, "b": b, "c": c}[n](), ["a", "b", "c"])
+    assert outcome == {"a": "at last", "b": "ok", "c": "ok"}, outcome
+
+    # a wait for one another: both stop, a timeout_s after the last message moved
+    network.reset()
+
+    def deadlocked(name: str) -> float:
+        network.bind(name)
+        start = time.monotonic()
+        with pytest.raises(PeerError, match="dead or stuck"):
+            ts[name].recv("b" if name == "a" else "a")
+        return time.monotonic() - start
+
+    waited = in_threads(deadlocked, ["a", "b"])
+    assert all(timeout_s <= w < timeout_s + 1.0 for w in waited.values()), waited
