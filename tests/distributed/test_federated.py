@@ -85,6 +85,27 @@ def carol_killed(shared_run):
     return run
 
 
+#: what each client uploads per round: its update, its loss and accuracy, its sample weight
+LENGTH = PARAMETERS + 2 + 1
+
+
+def _assert_the_two_client_model(results: dict[str, dict], alone: dict, metrics: tuple[str, ...]) -> None:
+    """A launched run ended as the embedded 2-client run: the same global model and ``metrics``
+    at the owner (the secure sum is exact in the ring), that model at alice and bob (the
+    aggregators never see it), and alice's and bob's uploads (2 * 8 LENGTH bytes a round)."""
+    assert sorted(results) == ["aggregator0", "aggregator1", "alice", "bob", "model_owner"], sorted(results)
+    owner = results["model_owner"]
+    for got, want in zip(owner["weights"], alone["weights"], strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    for key in metrics:
+        np.testing.assert_allclose(owner["logs"][key], alone["logs"][key], atol=1e-6)
+    for client in ("alice", "bob"):
+        for got, want in zip(results[client]["weights"], owner["weights"], strict=True):
+            np.testing.assert_allclose(got, want, atol=0)
+        assert results[client]["logs"]["bytes_sent"] == [2 * 8 * LENGTH] * ROUNDS
+    assert sum(results[c]["logs"]["bytes_sent"][0] for c in ("alice", "bob")) == alone["logs"]["upload_bytes"][0]
+
+
 def _aggregator_bytes(clients: int, length: int) -> int:
     """What an aggregator sends in a round of ``clients`` clients: who arrived (a bit each) and
     its share of the sum of the arrived updates of ``length`` values plus the count."""
@@ -103,27 +124,13 @@ def test_federated_rounds_across_processes_match_embedded(tmp_path, backend, emb
 
     results, report, log = _launched(tmp_path, backend, 2, [])
     assert report.exit_code == 0 and report.killed == [], log[-3000:]
-    assert sorted(results) == ["aggregator0", "aggregator1", "alice", "bob", "model_owner"]
-    owner = results["model_owner"]
-    # the same global model and the same averaged metrics (the secure sum is exact in the ring)
-    for got, want in zip(owner["weights"], alone["weights"], strict=True):
-        np.testing.assert_allclose(got, want, atol=1e-6)
-    for key in ("loss", "accuracy", "clients_used", "clients_dropped"):
-        np.testing.assert_allclose(owner["logs"][key], alone["logs"][key], atol=1e-6)
-    # every client ends with the final global model; the aggregators never see it
-    for client in ("alice", "bob"):
-        for got, want in zip(results[client]["weights"], owner["weights"], strict=True):
-            np.testing.assert_allclose(got, want, atol=0)
-    # exact traffic: each aggregator 1 + 8 (m + L) bytes, as embedded; each client 2 * 8 L;
-    # the owner broadcasts [go, r] and the weights to 2 clients, [go, r] to 2 aggregators
-    length = PARAMETERS + 2 + 1  # the update, loss and accuracy, the sample weight
+    _assert_the_two_client_model(results, alone, ("loss", "accuracy", "clients_used", "clients_dropped"))
+    # exact traffic: each aggregator 1 + 8 (m + L) bytes, as embedded; the owner broadcasts
+    # [go, r] and the weights to 2 clients, [go, r] to 2 aggregators
     for aggregator in ("aggregator0", "aggregator1"):
-        assert results[aggregator]["logs"]["bytes_sent"] == [_aggregator_bytes(2, length)] * ROUNDS
+        assert results[aggregator]["logs"]["bytes_sent"] == [_aggregator_bytes(2, LENGTH)] * ROUNDS
         assert results[aggregator]["logs"]["bytes_sent"] == alone["logs"]["bytes_per_party"]
-    for client in ("alice", "bob"):
-        assert results[client]["logs"]["bytes_sent"] == [2 * 8 * length] * ROUNDS
-    assert sum(results[c]["logs"]["bytes_sent"][0] for c in ("alice", "bob")) == alone["logs"]["upload_bytes"][0]
-    assert owner["logs"]["bytes_sent"] == [_owner_bytes(2)] * ROUNDS
+    assert results["model_owner"]["logs"]["bytes_sent"] == [_owner_bytes(2)] * ROUNDS
 
 
 @pytest.mark.parametrize("backend", SECURE_BACKENDS)
@@ -133,26 +140,13 @@ def test_the_survivors_of_a_killed_client_match_the_embedded_two_client_run(back
     metrics and traffic as the embedded 2-client run, carol's round-1 share discarded."""
     run, alone = carol_killed(backend), embedded_two_clients(backend)
     results = run["results"]
-    assert sorted(results) == ["aggregator0", "aggregator1", "alice", "bob", "model_owner"], run["log"]
-    owner = results["model_owner"]
-    for got, want in zip(owner["weights"], alone["weights"], strict=True):
-        np.testing.assert_allclose(got, want, atol=1e-6)
-    for key in ("loss", "accuracy", "clients_used"):
-        np.testing.assert_allclose(owner["logs"][key], alone["logs"][key], atol=1e-6)
-    assert owner["logs"]["clients_dropped"] == [1] * ROUNDS
-    # every client ends with the final global model
-    for client in ("alice", "bob"):
-        for got, want in zip(results[client]["weights"], owner["weights"], strict=True):
-            np.testing.assert_allclose(got, want, atol=0)
+    _assert_the_two_client_model(results, alone, ("loss", "accuracy", "clients_used"))
+    assert results["model_owner"]["logs"]["clients_dropped"] == [1] * ROUNDS
     # exact traffic: carol stays on the aggregators' roster (a bit and an 8-byte word for her in both
-    # rounds, marked absent); what the clients upload is the 2-client run's
-    length = PARAMETERS + 2 + 1  # the update, loss and accuracy, the sample weight
+    # rounds, marked absent); the owner stops broadcasting to her in round 2
     for aggregator in ("aggregator0", "aggregator1"):
-        assert results[aggregator]["logs"]["bytes_sent"] == [_aggregator_bytes(3, length)] * ROUNDS
-    for client in ("alice", "bob"):
-        assert results[client]["logs"]["bytes_sent"] == [2 * 8 * length] * ROUNDS
-    assert sum(results[c]["logs"]["bytes_sent"][0] for c in ("alice", "bob")) == alone["logs"]["upload_bytes"][0]
-    assert owner["logs"]["bytes_sent"] == [_owner_bytes(3), _owner_bytes(2)]
+        assert results[aggregator]["logs"]["bytes_sent"] == [_aggregator_bytes(3, LENGTH)] * ROUNDS
+    assert results["model_owner"]["logs"]["bytes_sent"] == [_owner_bytes(3), _owner_bytes(2)]
 
 
 @pytest.mark.parametrize("backend", SECURE_BACKENDS)
