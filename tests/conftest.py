@@ -42,6 +42,12 @@ SLOW_SCENARIOS: dict[tuple[str, str, str], str] = {
     ("tests/examples/test_examples.py", "test_example_runs_and_reports_an_accuracy", "logistic_regression"):
         "kept: encrypted_serving; the same logistic regression trained encrypted in "
         "tests/training/test_accuracy.py (breast_cancer_logreg, both backends)",
+    ("tests/federated/test_keras_federated.py", "test_injected_failures_drop_clients_without_stopping_rounds",
+     "tf-pond"): "dropping clients is the backend-neutral round logic; kept: torch-spdz, and tf-pond's secure "
+                 "sum in test_secure_and_trusted_aggregation_agree[tf-pond]",
+    ("tests/conformance/test_recurrent.py", "test_embedding_encrypted_serving_shares_one_hot_rows", "tf-pond"):
+        "the one-hot rows are made at the data owner, before any backend; kept: torch-spdz, and Embedding "
+        "served on tf-pond in tests/conformance/test_text_models.py (text_cnn-tf-pond)",
     ("tests/distributed/test_bench.py", "test_training_row_counts_one_epoch_in_three_processes_as_embedded", ""):
         "three more processes; kept: the serving row's launch (test_measure_reports_process_figures_...) and "
         "encrypted training across processes with counts equal to embedded (tests/distributed/test_launch.py)",
