@@ -4,10 +4,12 @@ ops: Keras' semantics stated directly in NumPy (registered in ``bridge.reference
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from bridge.ir import Node
+from bridge.ir.ops import MultiHeadAttention
 from bridge.ir.shapes_attention import layer_norm_axes, reduced_axes, transpose_output
 
 Arrays = dict[str, np.ndarray]
@@ -38,8 +40,21 @@ def causal_mask(steps_q: int, steps_k: int) -> np.ndarray:
     return np.tril(np.ones((steps_q, steps_k), dtype=bool))
 
 
-def _multi_head_attention(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
-    op = node.op
+class AttentionForward(NamedTuple):
+    """Multi-head attention up to its attention weights, in float64: what the forward rule
+    finishes and the backward rule (``bridge.reference_train_v2``) differentiates."""
+
+    query: np.ndarray
+    key: np.ndarray  #: the value input when no separate key was given
+    value: np.ndarray
+    q: np.ndarray  #: the query projection over sqrt(key_dim), (batch, T, heads, key_dim)
+    k: np.ndarray
+    v: np.ndarray
+    weights: np.ndarray  #: softmax over keys of q k^T (causal-masked), (batch, heads, T, S)
+
+
+def attention_forward(op: MultiHeadAttention, xs: list[np.ndarray], p: Arrays) -> AttentionForward:
+    """The three input projections, the scores q k^T, the causal mask and the softmax."""
     query, value = xs[0], xs[1]
     key = xs[2] if len(xs) == 3 else value
 
@@ -53,8 +68,14 @@ def _multi_head_attention(node: Node, xs: list[np.ndarray], p: Arrays) -> np.nda
     if op.causal:
         scores = np.where(causal_mask(scores.shape[2], scores.shape[3]), scores, MASKED_SCORE)
     e = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    weights = e / e.sum(axis=-1, keepdims=True)
-    out = np.einsum("bthv,hvo->bto", np.einsum("bhts,bshv->bthv", weights, v), p["output_kernel"])
+    return AttentionForward(query, key, value, q, k, v, e / e.sum(axis=-1, keepdims=True))
+
+
+def _multi_head_attention(node: Node, xs: list[np.ndarray], p: Arrays) -> np.ndarray:
+    op = node.op
+    parts = attention_forward(op, xs, p)
+    heads = np.einsum("bhts,bshv->bthv", parts.weights, parts.v)
+    out = np.einsum("bthv,hvo->bto", heads, p["output_kernel"])
     return out + p["output_bias"] if op.use_bias else out
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from bridge.ir import Node
 from bridge.ir.shapes_attention import layer_norm_axes, reduced_axes
-from bridge.reference_attention import conv_transpose_offset
+from bridge.reference_attention import attention_forward, conv_transpose_offset
 from bridge.reference_train import (
     REFERENCE_BACKWARD,
     Arrays,
@@ -311,20 +311,8 @@ def _multi_head_attention(node: Node, xs: list[np.ndarray], y: np.ndarray, p: Ar
     """Back through the output projection, weights @ v, the softmax over keys, q k^T and the
     three input projections (a causal mask is a constant: no gradient)."""
     op = node.op
-    query, value = xs[0], xs[1]
-    key = xs[2] if len(xs) == 3 else value
-
-    def project(x: np.ndarray, part: str) -> np.ndarray:
-        out = np.einsum("btd,dhk->bthk", x, p[f"{part}_kernel"])
-        return out + p[f"{part}_bias"] if op.use_bias else out
-
+    query, key, value, q, k, v, weights = attention_forward(op, xs, p)
     root = math.sqrt(op.key_dim)
-    q, k, v = project(query, "query") / root, project(key, "key"), project(value, "value")
-    scores = np.einsum("bshk,bthk->bhts", k, q)
-    if op.causal:
-        scores = np.where(np.tril(np.ones(scores.shape[2:], dtype=bool)), scores, -1e9)
-    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    weights = e / e.sum(axis=-1, keepdims=True)
     heads = np.einsum("bhts,bshv->bthv", weights, v)
     grads = {"output_kernel": np.einsum("bthv,bto->hvo", heads, dy)}
     d_heads = np.einsum("bto,hvo->bthv", dy, p["output_kernel"])
