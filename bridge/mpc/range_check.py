@@ -42,6 +42,7 @@ when the flag comes back (an overflow does).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -101,17 +102,23 @@ def bits_to_arith(ctx: PartyContext, b: Bits) -> Shared:
 CHECK_CHUNK = 1 << 20
 
 
+def _chunks(k: Any, values: Any) -> Iterator[tuple[slice, Any]]:
+    """The 1-D ``values`` in consecutive pieces of at most ``CHECK_CHUNK`` elements (itself when
+    it fits), each with the slice of ``values`` it is: one comparison call per piece."""
+    n = k.shape(values)[0]
+    if n <= CHECK_CHUNK:
+        yield slice(0, n), values
+        return
+    for start in range(0, n, CHECK_CHUNK):
+        stop = min(n, start + CHECK_CHUNK)
+        yield slice(start, stop), k.gather(values, np.arange(start, stop), axis=0)
+
+
 def _inside_bits(ctx: PartyContext, full: PartyContext, values: Any) -> Shared:
     """[v >= 0] as integer 0/1 for every element of ``values``, in chunks of ``CHECK_CHUNK``."""
     k = ctx.kernels
-    n = k.shape(values)[0]
-    if n <= CHECK_CHUNK:
-        return bits_to_arith(ctx, ge_zero(full, Shared(values)))
-    pieces = []
-    for start in range(0, n, CHECK_CHUNK):
-        piece = k.gather(values, np.arange(start, min(n, start + CHECK_CHUNK)), axis=0)
-        pieces.append(bits_to_arith(ctx, ge_zero(full, Shared(piece))).share)
-    return Shared(k.concat(pieces, axis=0))
+    pieces = [bits_to_arith(ctx, ge_zero(full, Shared(piece))).share for _, piece in _chunks(k, values)]
+    return Shared(pieces[0] if len(pieces) == 1 else k.concat(pieces, axis=0))
 
 
 def _full_width(ctx: PartyContext) -> PartyContext:
@@ -267,13 +274,8 @@ def overflow_tests(
         halves = ctx.corr_random((len(sizes), 2))
         r = 1 + uniform_mod(k.to_numpy(halves), p - 1) if ctx.is_dealer else None
         r_share = ctx.corr_derived_mod(lambda: r, (len(sizes),), p)
-        n = k.shape(values)[0]
-        pieces = []
-        for start in range(0, n, CHECK_CHUNK):
-            stop = min(n, start + CHECK_CHUNK)
-            piece = values if stop - start == n else k.gather(values, np.arange(start, stop), axis=0)
-            pieces.append(_masked_outside(ctx, ge_zero(full, Shared(piece)), segment[start:stop],
-                                          r if ctx.is_dealer else r_share))
+        pieces = [_masked_outside(ctx, ge_zero(full, Shared(piece)), segment[where], r if ctx.is_dealer else r_share)
+                  for where, piece in _chunks(k, values)]
         if ctx.is_dealer:
             return None
         terms = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
