@@ -10,13 +10,16 @@ depends on the host (int64 2.5 ms against 3.9 ms for limbs on one 2-core EPYC fo
 them once per shape class and caches the choice (``bridge.mpc.calibration``).
 
 TensorFlow is imported by this module only; the tf-pond backend imports this module
-only when it makes its kernels.
+only when it makes its kernels.  Every call into TensorFlow holds ``TENSORFLOW_LOCK``
+(see there: TensorFlow 2.21's API dispatch is not safe for concurrent threads).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,36 @@ from bridge.mpc.numpy_kernels import (
     check_take_indices,
     normalize_axis,
 )
+
+
+#: held by every call of this module into TensorFlow, so that one thread at a time runs TensorFlow
+#: Python code.  Why: TensorFlow 2.21's type-based API dispatch (``tf.add``, ``tf.subtract``, ...,
+#: ``PythonAPIDispatcher::Dispatch``) canonicalizes each call's arguments into a buffer that the
+#: API's dispatcher keeps for every thread at once, then type-checks them; a check that runs Python
+#: code (the first call with a new argument type) lets another thread in, which overwrites the
+#: buffer with its own arguments and may free them before the first thread reads them.  That
+#: thread then dereferences freed objects: the embedded tf-pond run (each party a thread) died of
+#: SIGSEGV in ``PyType_IsSubtype`` under ``PyInstanceChecker::Check`` (issue 16; faulthandler and
+#: core dump in the README).  Later TensorFlow keeps the arguments per call; this lock is the fix
+#: for 2.21.  Re-entrant: kernels call kernels.
+TENSORFLOW_LOCK = threading.RLock()
+
+
+def _holding_tensorflow_lock(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with TENSORFLOW_LOCK:
+            return method(*args, **kwargs)
+
+    return locked
+
+
+def _one_thread_in_tensorflow(cls: type) -> type:
+    """Wrap every method ``cls`` defines (dunders aside) in ``TENSORFLOW_LOCK``."""
+    for name, member in list(vars(cls).items()):
+        if callable(member) and not (name.startswith("__") and name.endswith("__")):
+            setattr(cls, name, _holding_tensorflow_lock(member))
+    return cls
 
 
 def _wrap64(value: int) -> int:
@@ -93,8 +126,9 @@ def _chunk_product(scheme: LimbScheme, group: int) -> Callable[[tf.Tensor, tf.Te
     return product
 
 
+@_one_thread_in_tensorflow
 class TfKernels(RingKernels):
-    """Z_2^64 on tf.int64 eager tensors (CPU).
+    """Z_2^64 on tf.int64 eager tensors (CPU); one thread at a time (``TENSORFLOW_LOCK``).
 
     ``matmul``: "auto" times the exact paths once per shape class and uses the fastest;
     "int64", "limbs" or "limbs16" force one.  ``kernel_cache``: where "auto" keeps its
