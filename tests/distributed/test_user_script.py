@@ -189,14 +189,19 @@ def test_launch_prints_a_crashed_party_s_stack_even_without_the_variable(tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch-spdz", "tf-pond"])
 def test_stress_same_script_embedded_and_launched(backend, tmp_path):
-    """Issue 16: test_same_script_embedded_and_launched[tf-pond] died once with SIGSEGV (rc -11) on a
-    loaded 2-core host.  Repeat that scenario; with faulthandler on, a crash now prints its stack."""
+    """Issue 16: test_same_script_embedded_and_launched[tf-pond] died with SIGSEGV (rc -11) on a
+    loaded 2-core host: TensorFlow's API dispatch raced between party threads (now serialized by
+    tf-pond's TENSORFLOW_LOCK).  Repeat that scenario, each embedded run with an empty kernel cache
+    (it then times and traces its matmul paths while the other parties compute: the condition in
+    which the crash was caught); with faulthandler on, a crash prints its stack."""
     script = tmp_path / "user_script.py"
     script.write_text(USER_SCRIPT)
-    for attempt in range(3):
-        done = subprocess.run([sys.executable, str(script)], env=script_env(backend), cwd=tmp_path,
+    for attempt in range(8):
+        env = dict(script_env(backend), XDG_CACHE_HOME=str(tmp_path / f"cache-{attempt}"))
+        done = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"embedded run {attempt}: rc {done.returncode}\n{done.stderr[-6000:]}"
         (alone,) = _results(done.stdout)
-        (distributed,) = _results(_launch(backend, tmp_path, script).stdout)
-        np.testing.assert_allclose(distributed["out"], alone["out"], atol=3e-3)
+        if attempt % 4 == 0:
+            (distributed,) = _results(_launch(backend, tmp_path, script).stdout)
+            np.testing.assert_allclose(distributed["out"], alone["out"], atol=3e-3)
