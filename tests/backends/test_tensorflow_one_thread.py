@@ -3,8 +3,9 @@
 TensorFlow 2.21's type-based API dispatch keeps each API's canonicalized arguments in a buffer
 shared by all threads; two party threads making their first ``tf.add`` calls at once read each
 other's (freed) arguments: the intermittent SIGSEGV of issue 16.  These tests watch every call
-that privacy-bridge makes into TensorFlow's Python code while tf-pond serves and trains
-embedded (each party a thread, the offline pool in another) and require the lock to be held.
+into TensorFlow's Python code (from privacy-bridge, Keras or anything else) while tf-pond serves
+and trains embedded (each party a thread, the offline pool in another) and require the lock to
+be held whenever another thread of privacy-bridge is alive.
 """
 
 from __future__ import annotations
@@ -20,15 +21,13 @@ import numpy as np
 from frontends.keras import privatize
 
 ROOT = Path(__file__).resolve().parents[2]
-#: privacy-bridge's own code (tests excluded): the callers whose calls into TensorFlow are checked
 #: the threads privacy-bridge starts in one process: a party each (embedded), the offline pool
 OWN_THREADS = ("party-", "offline-")
-OWN_CODE = tuple(str(ROOT / package) + "/" for package in ("bridge", "backends", "frontends", "privacy_bridge"))
 
 
 def _calls_into_tensorflow(work: Callable[[], None]) -> list[tuple[str, str, bool]]:
-    """(thread, caller file:line, safe) for every call from privacy-bridge's code into a Python
-    function of TensorFlow while ``work`` runs, in every thread it starts and its own.  Safe: the
+    """(thread, caller file:line, safe) for every call from outside TensorFlow into one of its
+    Python functions while ``work`` runs, in every thread it starts and its own.  Safe: the
     lock is held, or no other thread of privacy-bridge (party, offline pool) is alive (the front
     end reading a Keras dataset on the TensorFlow backend before the parties start)."""
     import tensorflow as tf
@@ -42,8 +41,8 @@ def _calls_into_tensorflow(work: Callable[[], None]) -> list[tuple[str, str, boo
         if event != "call" or not frame.f_code.co_filename.startswith(tensorflow_dir):
             return
         caller = frame.f_back
-        if caller is not None and caller.f_code.co_filename.startswith(OWN_CODE):
-            where = f"{Path(caller.f_code.co_filename).relative_to(ROOT)}:{caller.f_lineno}"
+        if caller is not None and not caller.f_code.co_filename.startswith(tensorflow_dir):
+            where = f"{caller.f_code.co_filename}:{caller.f_lineno}"
             me = threading.current_thread()
             alone = not any(t is not me and t.name.startswith(OWN_THREADS) for t in threading.enumerate())
             calls.append((me.name, where, TENSORFLOW_LOCK._is_owned() or alone))
@@ -105,7 +104,8 @@ def test_the_watch_sees_a_kernel_that_bypasses_the_lock():
     party.start()
     try:
         calls = _calls_into_tensorflow(lambda: TfKernels.add.__wrapped__(kernels, a, a))
-        assert [(where.split(":")[0], safe) for _, where, safe in calls] == [("backends/tf_pond/kernels.py", False)]
+        assert [(where.split(":")[0], safe) for _, where, safe in calls] == [
+            (str(ROOT / "backends" / "tf_pond" / "kernels.py"), False)]
         assert [safe for _, _, safe in _calls_into_tensorflow(lambda: kernels.add(a, a))] == [True]
     finally:
         other.set()
