@@ -192,7 +192,9 @@ def test_party_killed_mid_protocol_is_named_by_the_others(tmp_path, backend, vic
     run = LaunchedRun(tmp_path, backend, ["fault", victim, "3"])
     report = run.report
     log = run.log.getvalue()
-    assert report.returncodes[victim] == -9, log[-3000:]
+    own_lines = "\n".join(line for line in log.splitlines() if line.startswith(f"[{victim}]"))
+    assert report.returncodes[victim] == -9, f"{victim} exited {report.returncodes[victim]}:\n{own_lines[-3000:]}\n" \
+        f"--- the end of the whole log:\n{log[-3000:]}"
     assert report.first_failure == victim
     assert report.killed == [], f"the launcher had to kill {report.killed}: they hung\n{log[-3000:]}"
     killed_at = float(json.loads((run.out / f"{victim}.killed").read_text())["killed_at"])
