@@ -43,14 +43,13 @@ from bridge.mpc.numpy_kernels import (
 
 #: held by every call of this module into TensorFlow, so that one thread at a time runs TensorFlow
 #: Python code.  Why: TensorFlow 2.21's type-based API dispatch (``tf.add``, ``tf.subtract``, ...,
-#: ``PythonAPIDispatcher::Dispatch``) canonicalizes each call's arguments into a buffer that the
-#: API's dispatcher keeps for every thread at once, then type-checks them; a check that runs Python
-#: code (the first call with a new argument type) lets another thread in, which overwrites the
-#: buffer with its own arguments and may free them before the first thread reads them.  That
-#: thread then dereferences freed objects: the embedded tf-pond run (each party a thread) died of
-#: SIGSEGV in ``PyType_IsSubtype`` under ``PyInstanceChecker::Check`` (issue 16; faulthandler and
-#: core dump in the README).  Later TensorFlow keeps the arguments per call; this lock is the fix
-#: for 2.21.  Re-entrant: kernels call kernels.
+#: ``PythonAPIDispatcher::Dispatch``) is not safe for concurrent Python threads: it works on
+#: borrowed references to the call's arguments and keeps an unlocked per-type cache, and a type
+#: check that runs Python code lets another thread in mid-dispatch.  The embedded tf-pond run (each
+#: party a thread) died of SIGSEGV there: ``PyType_IsSubtype`` on an already freed argument, under
+#: ``PyInstanceChecker::Check``, two party threads in ``tf.add`` and ``tf.subtract`` (issue 16;
+#: faulthandler stacks and a core dump, README "Tests").  TensorFlow's pull request 125641 makes
+#: that dispatch thread-safe; 2.21 needs this lock.  Re-entrant: kernels call kernels.
 TENSORFLOW_LOCK = threading.RLock()
 
 

@@ -1,8 +1,9 @@
 """tf-pond calls TensorFlow from one thread at a time (``TENSORFLOW_LOCK``).
 
-TensorFlow 2.21's type-based API dispatch keeps each API's canonicalized arguments in a buffer
-shared by all threads; two party threads making their first ``tf.add`` calls at once read each
-other's (freed) arguments: the intermittent SIGSEGV of issue 16.  These tests watch every call
+TensorFlow 2.21's type-based API dispatch is not safe for concurrent Python threads (borrowed
+references to the arguments, an unlocked type cache): two party threads in ``tf.add`` and
+``tf.subtract`` at once ended in ``isinstance`` on a freed argument, the intermittent SIGSEGV of
+issue 16.  These tests watch every call
 into TensorFlow's Python code (from privacy-bridge, Keras or anything else) while tf-pond serves
 and trains embedded (each party a thread, the offline pool in another) and require the lock to
 be held whenever another thread of privacy-bridge is alive.
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
